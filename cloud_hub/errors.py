@@ -1,0 +1,47 @@
+"""Errors raised by the cloud hub.
+
+::
+
+    HubError
+    ├── HubConfigError     the hub's settings are wrong
+    ├── NotFound           a named fleet, device, model or version does not exist
+    ├── Conflict           the request contradicts what is stored
+    ├── InvalidRequest     the request is malformed (the caller's to fix)
+    ├── Unauthorized       no or bad credentials
+    ├── Forbidden          valid credentials, but not allowed to do this
+    └── DependencyMissing  an optional extra (train, hub) is not installed
+"""
+
+from __future__ import annotations
+
+
+class HubError(Exception):
+    """Root of every error the cloud hub raises."""
+
+
+class HubConfigError(HubError):
+    """The hub's configuration is invalid."""
+
+
+class NotFound(HubError):
+    """A named object does not exist."""
+
+
+class Conflict(HubError):
+    """The request contradicts stored state."""
+
+
+class InvalidRequest(HubError):
+    """The request is malformed."""
+
+
+class Unauthorized(HubError):
+    """Credentials are missing or wrong."""
+
+
+class Forbidden(HubError):
+    """Credentials are valid but do not allow this action."""
+
+
+class DependencyMissing(HubError):
+    """An optional extra needed for this command is not installed."""

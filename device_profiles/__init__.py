@@ -1,0 +1,1 @@
+"""Bundled device profiles: one TOML file per device kind (see README.md for the schema)."""
