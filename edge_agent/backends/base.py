@@ -72,6 +72,8 @@ class Backend(ABC):
                 f"{self.path}: {self.name} cannot load this model ({_first_line(exc)})"
             ) from exc
         self._input_names = frozenset(spec.name for spec in self._inputs)
+        self._fast = tuple(_FastCheck.of(spec) for spec in self._inputs)
+        self._quantized_outputs = tuple(s for s in self._outputs if s.quantization is not None)
 
     # -- public surface -----------------------------------------------------------------
 
@@ -131,8 +133,10 @@ class Backend(ABC):
             _raise_name_mismatch(feeds, self._input_names)
         checked: dict[str, np.ndarray] = {}
         total = 0
-        for spec in self._inputs:
-            value = check_input(spec, feeds[spec.name])
+        for spec, fast in zip(self._inputs, self._fast, strict=False):
+            value = feeds[spec.name]
+            if fast is None or not fast.accepts(value):
+                value = check_input(spec, value)  # converts, or raises with the reason
             total += value.nbytes
             if spec.quantization is not None:
                 value = spec.quantization.quantize(value, spec.stored_dtype)
@@ -144,10 +148,37 @@ class Backend(ABC):
         return checked
 
     def _dequantize(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for spec in self._outputs:
-            if spec.quantization is not None:
-                raw[spec.name] = spec.quantization.dequantize(raw[spec.name])
+        for spec in self._quantized_outputs:
+            assert spec.quantization is not None
+            raw[spec.name] = spec.quantization.dequantize(raw[spec.name])
         return raw
+
+
+@dataclass(frozen=True)
+class _FastCheck:
+    """The common case decided in a few comparisons: the exact dtype, only the batch open.
+
+    Anything this does not accept goes through :func:`check_input`, which converts
+    or explains, so the fast path never changes an answer.
+    """
+
+    dtype: np.dtype
+    rank: int
+    tail: tuple[int, ...]
+
+    @classmethod
+    def of(cls, spec: TensorSpec) -> _FastCheck | None:
+        if not spec.shape or any(dim < 0 for dim in spec.shape[1:]):
+            return None
+        return cls(spec.dtype, len(spec.shape), spec.shape[1:])
+
+    def accepts(self, value: object) -> bool:
+        return (
+            type(value) is np.ndarray
+            and value.dtype == self.dtype
+            and value.ndim == self.rank
+            and value.shape[1:] == self.tail
+        )
 
 
 def _raise_name_mismatch(feeds: Mapping[str, object], expected: frozenset[str]) -> None:

@@ -98,7 +98,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self._output_names, feeds)
-        return dict(zip(self._output_names, values, strict=True))
+        return dict(zip(self._output_names, values, strict=False))  # same length by contract
 
     def _close(self) -> None:
         del self.session

@@ -1,0 +1,1 @@
+"""Telemetry: the MQTT contract, aggregation per interval, and store-and-forward."""
