@@ -74,6 +74,5 @@ def _infer(backend: str, model: Path, image: np.ndarray) -> int:
     return 0
 
 
-
 if __name__ == "__main__":
     sys.exit(main())

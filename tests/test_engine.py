@@ -71,9 +71,10 @@ def test_model_over_the_profile_size_limit_is_refused(reference_dir: Path) -> No
 
 
 def test_classify_rejects_wrong_shapes(reference_dir: Path) -> None:
-    with Engine.load(
-        reference_dir / "digits-edge/digits-edge-fp32.onnx", profile="x86-64-cpu"
-    ) as e, pytest.raises(InputError, match="shape"):
+    with (
+        Engine.load(reference_dir / "digits-edge/digits-edge-fp32.onnx", profile="x86-64-cpu") as e,
+        pytest.raises(InputError, match="shape"),
+    ):
         e.classify(np.zeros((2, 3), np.float32))
 
 
