@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,11 @@ def quiet() -> Iterator[None]:
 def export_onnx(model: Any, path: Path, output_name: str) -> None:
     import onnx
 
-    # Keras exports only a model that has been called once.
-    model(np.zeros((1, *model.inputs[0].shape[1:]), dtype=np.float32))
+    # Keras exports only a model that has been called once. (It warns that a bare tensor
+    # is not the dict structure of named inputs; for one input they are the same.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model(np.zeros((1, *model.inputs[0].shape[1:]), dtype=np.float32))
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
         with quiet():
