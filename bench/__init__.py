@@ -26,6 +26,13 @@ BENCHMARKS: dict[str, Benchmark] = {
     "quantization": Benchmark(
         "bench.quantization", "int8 against fp32: speed-up (ONNX, TFLite) and accuracy drop"
     ),
+    "footprint": Benchmark("bench.footprint", "edge-agent run RSS over bare onnxruntime, idle CPU"),
+    "telemetry": Benchmark(
+        "bench.telemetry", "inference throughput with live MQTT telemetry against without"
+    ),
+    "ingest": Benchmark(
+        "bench.ingest", "telemetry msg/s one hub process sustains with zero loss, SQLite and PG"
+    ),
 }
 
 __all__ = ["BENCHMARKS", "Benchmark"]

@@ -99,11 +99,13 @@ class Figure:
     key: str
     label: str
     value: float
-    unit: Literal["us", "ms", "x", "pt", "frac"]
+    unit: Literal["us", "ms", "x", "pt", "frac", "msg/s", "n"]
     goal: Goal | None = None
 
     def shown(self, value: float | None = None) -> str:
         v = self.value if value is None else value
+        if self.unit in ("msg/s", "n"):
+            return f"{v:,.0f}" + (" msg/s" if self.unit == "msg/s" else "")
         if self.unit == "frac":
             return f"{100 * v:.2f}%"
         if self.unit == "x":

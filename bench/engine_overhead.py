@@ -27,6 +27,7 @@ from ._harness import (
     print_table,
     reference_dir,
 )
+from ._local_api import measure_http_over_inprocess
 
 DIGITS = Path("digits-edge", "digits-edge-fp32.onnx")
 MOBILENET = Path("mobilenetv2-speed", "mobilenetv2-speed-fp32.onnx")
@@ -41,8 +42,13 @@ WARMUP = 20
 def run(quick: bool) -> dict[str, object]:
     """Measure every model, print the table, return the figures."""
     models = reference_dir()
-    figures = [*measure_digits(models, quick), *measure_mobilenet(models, quick)]
-    print_table(f"engine_overhead: Engine.run vs InferenceSession.run, batch 1, {PROFILE}", figures)
+    figures = [
+        *measure_digits(models, quick),
+        *measure_mobilenet(models, quick),
+        *measure_http_over_inprocess(models, quick),
+    ]
+    title = "Engine.run vs InferenceSession.run, and the local HTTP API vs Engine.run"
+    print_table(f"engine_overhead: {title}, batch 1, {PROFILE}", figures)
     return figures_dict(figures)
 
 

@@ -10,7 +10,9 @@ from typing import Any
 from edge_agent.cli import EXIT_USAGE, common_options, run_handler
 from edge_agent.errors import EdgeAgentError
 
+from .commands import add_commands, add_hub_options
 from .errors import HubError
+from .serve import add_parser as add_serve_parser
 
 PROG = "cloud-hub"
 
@@ -27,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = common_options()
+    add_hub_options(common)
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="edgeloop cloud hub: fleet registry, offload, retraining and model updates.",
@@ -34,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_models(commands, common)
+    add_commands(commands, common)
+    add_serve_parser(commands, common)
     return parser
 
 

@@ -9,7 +9,8 @@
     ├── InvalidRequest     the request is malformed (the caller's to fix)
     ├── Unauthorized       no or bad credentials
     ├── Forbidden          valid credentials, but not allowed to do this
-    └── DependencyMissing  an optional extra (train, hub) is not installed
+    ├── DependencyMissing  an optional extra (train, hub) is not installed
+    └── Unavailable        a service the hub depends on (database, broker) cannot be reached
 """
 
 from __future__ import annotations
@@ -45,3 +46,7 @@ class Forbidden(HubError):
 
 class DependencyMissing(HubError):
     """An optional extra needed for this command is not installed."""
+
+
+class Unavailable(HubError):
+    """A service the hub depends on (its database, the broker) cannot be reached."""

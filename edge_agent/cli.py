@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from .enroll import add_parser as add_enroll_parser
 from .errors import EdgeAgentError, InputError
+from .service.commands import add_parsers as add_service_parsers
 
 PROG = "edge-agent"
 EXIT_ERROR = 1
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_doctor(commands, common)
     _add_infer(commands, common)
+    add_service_parsers(commands, common)
+    add_enroll_parser(commands, common)
     return parser
 
 

@@ -7,6 +7,7 @@ the decision made from its answer lives in :mod:`edge_agent.selection`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .errors import BackendUnavailable
@@ -24,13 +25,14 @@ class RuntimeInfo:
     delegates: tuple[str, ...] = ()  # LiteRT delegates whose libraries are present
 
 
-def probe_runtimes() -> dict[str, RuntimeInfo]:
-    """Probe every runtime edgeloop knows."""
-    return {
-        "onnxruntime": _probe_onnxruntime(),
-        "litert": _probe_litert(),
-        "tensorrt": _probe_tensorrt(),
-    }
+def probe_runtimes(names: Iterable[str] | None = None) -> dict[str, RuntimeInfo]:
+    """Probe the named runtimes (default: every runtime edgeloop knows).
+
+    Probing imports the runtime, which costs memory for the life of the process, so a
+    daemon probes only the runtimes that can load its model's format.
+    """
+    wanted = _PROBES if names is None else [n for n in _PROBES if n in set(names)]
+    return {name: _PROBES[name]() for name in wanted}
 
 
 def _probe_onnxruntime() -> RuntimeInfo:
@@ -81,3 +83,10 @@ def _probe_tensorrt() -> RuntimeInfo:
     except Exception as exc:  # a broken driver install reports in many ways
         return RuntimeInfo("tensorrt", False, f"no usable CUDA device ({exc})", version=version)
     return RuntimeInfo("tensorrt", True, version=f"{version} on {gpu}")
+
+
+_PROBES: dict[str, Callable[[], RuntimeInfo]] = {
+    "onnxruntime": _probe_onnxruntime,
+    "litert": _probe_litert,
+    "tensorrt": _probe_tensorrt,
+}

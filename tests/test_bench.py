@@ -27,6 +27,7 @@ KEYS = {
         "engine_p50_us_digits",
         "raw_p50_us_mobilenet",
         "engine_p50_us_mobilenet",
+        "http_over_inprocess_p50_us",
     },
     "quantization": {
         "int8_speedup_onnx",
@@ -37,6 +38,9 @@ KEYS = {
         "accuracy_onnx_int8",
         "accuracy_tflite_int8",
     },
+    "telemetry": {"throughput_ratio", "inprocess_ratio", "record_p50_us", "publisher_cpu_frac"},
+    "footprint": {"rss_ratio", "idle_cpu_pct"},
+    "ingest": {"msgs_per_s_sqlite", "msgs_per_s_postgres", "lost"},
 }
 
 
@@ -83,6 +87,8 @@ def test_quick_run_ends_in_complete_json(name: str) -> None:
     if name == "quantization":
         assert figures["int8_top1_agreement"] >= 0.99
         assert figures["int8_accuracy_drop_pt"] <= 1.0
+    if name == "ingest":
+        assert figures["lost"] == 0  # loss is correctness, not speed
 
 
 def test_unknown_benchmark_is_a_one_line_error() -> None:

@@ -297,7 +297,10 @@ def _method_paths(module: ModuleType, service: str) -> list[str]:
 
 
 def test_edgeloop_method_paths() -> None:
-    assert _method_paths(enrollment_pb2, "Enrollment") == ["/edgeloop.v1.Enrollment/Enroll"]
+    assert _method_paths(enrollment_pb2, "Enrollment") == [
+        "/edgeloop.v1.Enrollment/Enroll",
+        "/edgeloop.v1.Enrollment/WhoAmI",
+    ]
     assert _method_paths(ota_pb2, "Ota") == [
         "/edgeloop.v1.Ota/CheckIn",
         "/edgeloop.v1.Ota/Download",

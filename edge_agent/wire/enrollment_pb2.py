@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x1c\x65\x64geloop/v1/enrollment.proto\x12\x0b\x65\x64geloop.v1\"\xef\x01\n\rEnrollRequest\x12\x18\n\x10\x65nrollment_token\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65vice_profile\x18\x04 \x01(\t\x12:\n\x08hardware\x18\x05 \x03(\x0b\x32(.edgeloop.v1.EnrollRequest.HardwareEntry\x12\x15\n\ragent_version\x18\x06 \x01(\t\x1a/\n\rHardwareEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x10\x44\x65viceCredential\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\"q\n\x0cMqttSettings\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x10\n\x08password\x18\x04 \x01(\t\x12\x14\n\x0ctopic_prefix\x18\x05 \x01(\t\x12\x0b\n\x03tls\x18\x06 \x01(\x08\"\xb6\x01\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\x31\n\ncredential\x18\x03 \x01(\x0b\x32\x1d.edgeloop.v1.DeviceCredential\x12\'\n\x04mqtt\x18\x04 \x01(\x0b\x32\x19.edgeloop.v1.MqttSettings\x12\x10\n\x08tuf_root\x18\x05 \x01(\x0c\x12\x14\n\x0chub_endpoint\x18\x06 \x01(\t2Q\n\nEnrollment\x12\x43\n\x06\x45nroll\x12\x1a.edgeloop.v1.EnrollRequest\x1a\x1b.edgeloop.v1.EnrollResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x1c\x65\x64geloop/v1/enrollment.proto\x12\x0b\x65\x64geloop.v1\"\xef\x01\n\rEnrollRequest\x12\x18\n\x10\x65nrollment_token\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65vice_profile\x18\x04 \x01(\t\x12:\n\x08hardware\x18\x05 \x03(\x0b\x32(.edgeloop.v1.EnrollRequest.HardwareEntry\x12\x15\n\ragent_version\x18\x06 \x01(\t\x1a/\n\rHardwareEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x10\x44\x65viceCredential\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\"q\n\x0cMqttSettings\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x10\n\x08password\x18\x04 \x01(\t\x12\x14\n\x0ctopic_prefix\x18\x05 \x01(\t\x12\x0b\n\x03tls\x18\x06 \x01(\x08\"\xb6\x01\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\x31\n\ncredential\x18\x03 \x01(\x0b\x32\x1d.edgeloop.v1.DeviceCredential\x12\'\n\x04mqtt\x18\x04 \x01(\x0b\x32\x19.edgeloop.v1.MqttSettings\x12\x10\n\x08tuf_root\x18\x05 \x01(\x0c\x12\x14\n\x0chub_endpoint\x18\x06 \x01(\t\"\x0f\n\rWhoAmIRequest\"2\n\x0eWhoAmIResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t2\x96\x01\n\nEnrollment\x12\x43\n\x06\x45nroll\x12\x1a.edgeloop.v1.EnrollRequest\x1a\x1b.edgeloop.v1.EnrollResponse\"\x00\x12\x43\n\x06WhoAmI\x12\x1a.edgeloop.v1.WhoAmIRequest\x1a\x1b.edgeloop.v1.WhoAmIResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MQTTSETTINGS']._serialized_end=461
   _globals['_ENROLLRESPONSE']._serialized_start=464
   _globals['_ENROLLRESPONSE']._serialized_end=646
-  _globals['_ENROLLMENT']._serialized_start=648
-  _globals['_ENROLLMENT']._serialized_end=729
+  _globals['_WHOAMIREQUEST']._serialized_start=648
+  _globals['_WHOAMIREQUEST']._serialized_end=663
+  _globals['_WHOAMIRESPONSE']._serialized_start=665
+  _globals['_WHOAMIRESPONSE']._serialized_end=715
+  _globals['_ENROLLMENT']._serialized_start=718
+  _globals['_ENROLLMENT']._serialized_end=868
 # @@protoc_insertion_point(module_scope)

@@ -68,3 +68,15 @@ class EnrollResponse(_message.Message):
     tuf_root: bytes
     hub_endpoint: str
     def __init__(self, device_id: _Optional[str] = ..., fleet: _Optional[str] = ..., credential: _Optional[_Union[DeviceCredential, _Mapping]] = ..., mqtt: _Optional[_Union[MqttSettings, _Mapping]] = ..., tuf_root: _Optional[bytes] = ..., hub_endpoint: _Optional[str] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("device_id", "fleet")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    FLEET_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    fleet: str
+    def __init__(self, device_id: _Optional[str] = ..., fleet: _Optional[str] = ...) -> None: ...

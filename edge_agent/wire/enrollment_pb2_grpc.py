@@ -40,6 +40,11 @@ class EnrollmentStub:
                 request_serializer=edgeloop_dot_v1_dot_enrollment__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=edgeloop_dot_v1_dot_enrollment__pb2.EnrollResponse.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/edgeloop.v1.Enrollment/WhoAmI',
+                request_serializer=edgeloop_dot_v1_dot_enrollment__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_enrollment__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
 
 
 class EnrollmentServicer:
@@ -47,8 +52,19 @@ class EnrollmentServicer:
     """
 
     def Enroll(self, request, context):
-        """Enroll a device. Fails with UNAUTHENTICATED for an unknown, expired or spent token,
-        INVALID_ARGUMENT for a malformed public key or an unknown device profile.
+        """Enroll a device. Fails with UNAUTHENTICATED for an unknown or mistyped token,
+        PERMISSION_DENIED for an expired, used-up or revoked one (the details say which), and
+        INVALID_ARGUMENT for a malformed public key, hostname or device profile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Who the presented credential belongs to. UNAUTHENTICATED without a credential or with a
+        wrong one, PERMISSION_DENIED when the device or the credential was revoked. A device can
+        call it to check its credential still works; the hub's other services authenticate the
+        same way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -61,6 +77,11 @@ def add_EnrollmentServicer_to_server(servicer, server):
                     servicer.Enroll,
                     request_deserializer=edgeloop_dot_v1_dot_enrollment__pb2.EnrollRequest.FromString,
                     response_serializer=edgeloop_dot_v1_dot_enrollment__pb2.EnrollResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=edgeloop_dot_v1_dot_enrollment__pb2.WhoAmIRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_enrollment__pb2.WhoAmIResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +112,33 @@ class Enrollment:
             '/edgeloop.v1.Enrollment/Enroll',
             edgeloop_dot_v1_dot_enrollment__pb2.EnrollRequest.SerializeToString,
             edgeloop_dot_v1_dot_enrollment__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Enrollment/WhoAmI',
+            edgeloop_dot_v1_dot_enrollment__pb2.WhoAmIRequest.SerializeToString,
+            edgeloop_dot_v1_dot_enrollment__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,

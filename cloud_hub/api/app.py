@@ -1,0 +1,68 @@
+"""The REST API's app factory: :func:`create_app` wires the routers to one registry.
+
+Everything under ``/api/v1`` needs an operator token; ``/healthz``, ``/docs`` and
+``/openapi.json`` do not. The app holds no globals: the registry and settings live in
+``app.state``, so tests and the hub process can make as many apps as they like.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from ..registry import Registry
+from ..settings import HubSettings
+from . import devices, enrollment, fleets, models, telemetry
+from .auth import RegistryDep, require_operator
+from .errors import install_error_handlers, responses
+from .schemas import API_PREFIX, Health
+
+TITLE = "edgeloop hub"
+DESCRIPTION = (
+    "The fleet registry of an edgeloop hub: fleets, devices and their telemetry, models, "
+    "versions and artifacts, enrollment tokens. Send an operator token as "
+    "`Authorization: Bearer TOKEN` (make one with `cloud-hub operator-token create NAME`). "
+    'Errors are `{"error": {"code": ..., "message": ...}}`.'
+)
+
+
+def create_app(registry: Registry, settings: HubSettings) -> FastAPI:
+    """A FastAPI app serving ``registry``; the caller owns (and closes) the registry."""
+    from .. import __version__
+
+    app = FastAPI(
+        title=TITLE,
+        description=DESCRIPTION,
+        version=__version__,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.registry = registry
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(_health_router())
+    api = APIRouter(
+        prefix=API_PREFIX,
+        dependencies=[Depends(require_operator)],
+        responses=responses(401, 403, 503),
+    )
+    for module in (fleets, devices, telemetry, models, enrollment):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app
+
+
+def _health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get(
+        "/healthz",
+        response_model=Health,
+        summary="Whether the hub answers and reaches its database",
+        responses=responses(503),
+    )
+    def healthz(registry: RegistryDep) -> Health:
+        registry.db.check_connection()
+        return Health(status="ok")
+
+    return router

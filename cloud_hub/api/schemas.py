@@ -1,0 +1,218 @@
+"""What the REST API accepts and returns, as pydantic models (and so as the OpenAPI schema).
+
+Responses are built from the registry's frozen views with ``model_validate(view)``;
+request bodies forbid unknown keys, so a typo is a 422 rather than a silently ignored
+field. The patterns here are the registry's own rules for names, versions and formats
+(:mod:`cloud_hub.registry._checks`), so a bad name is refused before it reaches the
+database, with the same answer on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+API_PREFIX = "/api/v1"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+FORMAT_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+MAX_TOKEN_TTL_S = 365 * 24 * 3600
+MAX_TOKEN_USES = 1_000_000
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+DeviceStatus = Literal["online", "offline", "unknown"]
+TokenState = Literal["active", "expired", "used-up", "revoked"]
+
+
+class _View(BaseModel):
+    """A response: read from a registry view's attributes."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class _Body(BaseModel):
+    """A request body: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors and health --------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    location: str = Field(description="where the problem is, e.g. query.limit")
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="machine-readable: not_found, unauthorized, ...")
+    message: str = Field(description="for people: what was wrong and, where known, the fix")
+    details: list[ErrorDetail] | None = Field(
+        default=None, description="one entry per invalid parameter (validation errors only)"
+    )
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+# -- fleets -------------------------------------------------------------------------------
+
+
+class FleetCreate(_Body):
+    name: Name
+    keep_inputs: bool = Field(
+        default=True, description="keep the inputs devices offload, for retraining"
+    )
+
+
+class FleetOut(_View):
+    name: str
+    keep_inputs: bool
+    created_at: datetime
+    devices: int = Field(description="enrolled devices, revoked ones included")
+
+
+# -- devices ------------------------------------------------------------------------------
+
+
+class DeviceOut(_View):
+    id: str
+    fleet: str
+    hostname: str
+    profile: str | None
+    agent_version: str | None
+    status: DeviceStatus
+    revoked: bool
+    revoked_at: datetime | None
+    last_seen_at: datetime | None
+    boot_id: str | None
+    model_name: str | None
+    model_version: str | None
+    created_at: datetime
+    hardware: dict[str, Any]
+    public_key_pem: str | None
+
+
+class DevicePage(BaseModel):
+    items: list[DeviceOut]
+    total: int = Field(description="devices matching the filters, on every page")
+    limit: int
+    offset: int
+
+
+# -- telemetry ----------------------------------------------------------------------------
+
+
+class TelemetryRecordOut(_View):
+    id: int
+    device_id: str
+    boot_id: str
+    seq: int
+    ts: datetime = Field(description="the device's clock: end of the aggregation window")
+    received_at: datetime = Field(description="the hub's clock")
+    payload: dict[str, Any] = Field(description="the message as the device sent it")
+
+
+class RollupOut(_View):
+    device_id: str
+    minute: datetime
+    count: int = Field(description="telemetry messages folded into this minute")
+    requests: int
+    errors: int
+    offloads: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    confidence_mean: float | None
+    cpu_pct_max: float | None
+    mem_pct_max: float | None
+    temp_c_max: float | None
+
+
+class DeviceEventOut(_View):
+    id: int
+    device_id: str
+    ts: datetime
+    kind: str
+    body: dict[str, Any]
+
+
+# -- models and artifacts -----------------------------------------------------------------
+
+
+class FormatOut(BaseModel):
+    """One format of a model version: its artifact and model card."""
+
+    format: str
+    sha256: str
+    size: int
+    filename: str
+    card: dict[str, Any] | None
+    created_at: datetime
+    content_url: str = Field(description="where to download the artifact's bytes")
+
+
+class ModelVersionOut(BaseModel):
+    model: str
+    version: str
+    formats: list[FormatOut]
+
+
+class ModelSummary(BaseModel):
+    name: str
+    versions: list[str] = Field(description="oldest first")
+    formats: list[str]
+    latest_version: str
+    updated_at: datetime
+
+
+class ModelDetail(BaseModel):
+    name: str
+    versions: list[ModelVersionOut] = Field(description="oldest first")
+
+
+class ArtifactUse(BaseModel):
+    model: str
+    version: str
+    format: str
+    filename: str
+
+
+class ArtifactOut(BaseModel):
+    sha256: str
+    size: int
+    created_at: datetime
+    content_url: str
+    used_by: list[ArtifactUse]
+
+
+# -- enrollment tokens --------------------------------------------------------------------
+
+
+class EnrollmentTokenCreate(_Body):
+    fleet: Name
+    ttl_s: int = Field(default=3600, ge=1, le=MAX_TOKEN_TTL_S, description="valid for seconds")
+    uses: int = Field(default=1, ge=1, le=MAX_TOKEN_USES, description="devices it may enroll")
+
+
+class EnrollmentTokenOut(_View):
+    id: str
+    fleet: str
+    state: TokenState
+    expires_at: datetime
+    uses_allowed: int
+    uses_count: int
+    revoked_at: datetime | None
+    created_at: datetime
+
+
+class IssuedEnrollmentToken(EnrollmentTokenOut):
+    token: str = Field(description="shown only now: the hub keeps its hash")

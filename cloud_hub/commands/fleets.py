@@ -1,0 +1,58 @@
+"""``cloud-hub fleet``: create and list fleets."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import add_json_flag, open_registry, print_json, print_table, show_usage
+
+
+def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    fleet = commands.add_parser("fleet", parents=[common], help="create and list fleets")
+    sub = fleet.add_subparsers(title="fleet commands", metavar="COMMAND")
+    create = sub.add_parser(
+        "create",
+        parents=[common],
+        help="create a fleet",
+        description="Create a fleet: a named group of devices that share MQTT topics, "
+        "enrollment tokens and rollouts. Names are letters, digits, '.', '_' and '-'.",
+    )
+    create.add_argument("name", metavar="NAME")
+    create.add_argument(
+        "--no-keep-inputs",
+        dest="keep_inputs",
+        action="store_false",
+        help="devices in this fleet must not send offloaded inputs for retraining",
+    )
+    add_json_flag(create)
+    create.set_defaults(handler=_create)
+    listing = sub.add_parser("list", parents=[common], help="list fleets")
+    add_json_flag(listing)
+    listing.set_defaults(handler=_list)
+    show_usage(fleet)
+
+
+def _create(args: argparse.Namespace) -> int:
+    with open_registry(args) as registry:
+        fleet = registry.create_fleet(args.name, keep_inputs=args.keep_inputs)
+    if args.json:
+        print_json(fleet.to_dict())
+    else:
+        print(f"created fleet {fleet.name}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with open_registry(args) as registry:
+        fleets = registry.list_fleets()
+    if args.json:
+        print_json([f.to_dict() for f in fleets])
+        return 0
+    rows = [(f.name, f.devices, "yes" if f.keep_inputs else "no", f.created_at) for f in fleets]
+    print_table(
+        ("FLEET", "DEVICES", "KEEP INPUTS", "CREATED"),
+        rows,
+        empty="no fleets yet: cloud-hub fleet create NAME",
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""Migration scripts, applied in order by revision id (``0001``, ``0002``, ...)."""
