@@ -1,15 +1,8 @@
-"""The main job on embedded defaults: ``scripts/demo`` runs this.
-
-Builds the reference models (cached between runs) and runs one inference on each
-backend that works here, printing what ran where and how fast.
-"""
+"""Step 1: the reference models (built once, kept in ``--out``) and one inference per backend."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,43 +11,44 @@ from edge_agent import Engine
 from edge_agent.errors import EdgeAgentError
 from edge_agent.probe import probe_runtimes
 
-from .reference import build_reference
+from ..reference import build_reference
 
-# The model each backend runs in the demo.
-_DEMO_MODELS = {
+# The model each backend runs in step 1; step 2's agent runs the onnxruntime one.
+DEMO_MODELS = {
     "onnxruntime": "digits-edge/digits-edge-int8.onnx",
     "litert": "digits-edge/digits-edge-int8.tflite",
     "tensorrt": "digits-edge/digits-edge-fp32.onnx",
 }
+HELDOUT = "data/digits-heldout.npz"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="scripts/demo",
-        description="Build the reference models and run one inference on each backend here.",
-    )
-    parser.add_argument(
-        "--out", default="artifacts/reference", help="where the models go (default %(default)s)"
-    )
-    parser.add_argument("--rebuild", action="store_true", help="rebuild even if present")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if args.rebuild or not (out / "manifest.json").exists():
+def prepare_reference(out: Path, *, rebuild: bool) -> None:
+    """Build the reference models into ``out`` unless they are there (or ``rebuild``)."""
+    if rebuild or not (out / "manifest.json").exists():
         print(f"building the reference models into {out} (about a minute)...", flush=True)
         report = build_reference(out)
         print(report.table(), flush=True)
     else:
         print(f"using the reference models in {out} (--rebuild to build them again)")
-    sample = np.load(out / "data" / "digits-heldout.npz")
-    image, label = sample["x"][:1], int(sample["y"][0])
-    print(f"\none held-out digit (true label {label}) on each backend:")
+
+
+def heldout_digits(out: Path, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` held-out digits (all when None): images (n, 8, 8, 1), labels (n,)."""
+    data = np.load(out / HELDOUT)
+    return data["x"][:count], data["y"][:count]
+
+
+def infer_on_each_backend(out: Path) -> int:
+    """One held-out digit on every backend here, one line each; how many failed."""
+    images, labels = heldout_digits(out, 1)
+    print(f"\none held-out digit (true label {int(labels[0])}) on each backend:")
     failures = 0
     for name, info in probe_runtimes().items():
         if not info.available:
             print(f"  {name:<12} not here: {info.reason}")
             continue
-        failures += _infer(name, out / _DEMO_MODELS[name], image)
-    return 1 if failures else 0
+        failures += _infer(name, out / DEMO_MODELS[name], images)
+    return failures
 
 
 def _infer(backend: str, model: Path, image: np.ndarray) -> int:
@@ -69,10 +63,7 @@ def _infer(backend: str, model: Path, image: np.ndarray) -> int:
         return 1
     print(
         f"  {backend:<12} {model.name:<26} -> {result.labels[0]} "
-        f"(confidence {result.confidence:.3f}) in {elapsed_ms:.2f} ms on {where}"
+        f"(confidence {result.confidence:.3f}) in {elapsed_ms:.2f} ms on {where}",
+        flush=True,
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
