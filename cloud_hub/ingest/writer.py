@@ -113,6 +113,9 @@ class Writer:
     # -- the thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
+        # One retention pass before the first message: then every later pass happens
+        # strictly after a batch, never racing a clock that moved while a batch was handled.
+        self._retention_step()
         while True:
             try:
                 batch = self._collect()
