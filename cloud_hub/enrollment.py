@@ -6,7 +6,8 @@ hostname, profile, hardware and version within bounds), then redeems the token t
 the registry in one transaction that also stores the broker's hash of the new credential,
 so the device exists with its MQTT password or not at all. It answers with the device id,
 fleet, credential, where the DEVICE reaches the broker (``mqtt_public_host``/``port``,
-defaulting to the hub's own ``mqtt_host``/``port``) and the hub's public gRPC endpoint.
+defaulting to the hub's own ``mqtt_host``/``port``), the hub's public gRPC endpoint and the
+signed TUF root of the hub's update repository (``cloud-hub ota init-keys``), if it has one.
 After the commit the broker's files are brought in step; a broker that cannot be reloaded
 is logged, not the device's problem: the device is enrolled and gets its answer, and the
 next sync (another enrollment, ``cloud-hub broker sync``, a restart) lets it in.
@@ -153,7 +154,15 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
                 tls=settings.mqtt_public_tls,
             ),
             hub_endpoint=settings.grpc_public_endpoint or "",
+            tuf_root=self._tuf_root(),
         )
+
+    def _tuf_root(self) -> bytes:
+        """The signed TUF root devices pin (docs/ota.md); empty while the hub has none."""
+        from .ota import TufRepository
+
+        repository = TufRepository.for_data_dir(self.settings.data_dir)
+        return repository.root_json() if repository.exists else b""
 
 
 def check_public_key(pem: str) -> str:

@@ -7,6 +7,7 @@
     ├── NotFound           a named fleet, device, model or version does not exist
     ├── Conflict           the request contradicts what is stored
     ├── InvalidRequest     the request is malformed (the caller's to fix)
+    │   └── OutOfRange     an offset or position lies past the end of what exists
     ├── Unauthorized       no or bad credentials
     ├── Forbidden          valid credentials, but not allowed to do this
     ├── DependencyMissing  an optional extra (train, hub) is not installed
@@ -34,6 +35,10 @@ class Conflict(HubError):
 
 class InvalidRequest(HubError):
     """The request is malformed."""
+
+
+class OutOfRange(InvalidRequest):
+    """An offset or position lies past the end of the object it points into."""
 
 
 class Unauthorized(HubError):

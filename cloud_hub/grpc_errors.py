@@ -23,6 +23,7 @@ from .errors import (
     HubError,
     InvalidRequest,
     NotFound,
+    OutOfRange,
     Unauthorized,
     Unavailable,
 )
@@ -30,6 +31,7 @@ from .errors import (
 log = logging.getLogger(__name__)
 
 STATUS_CODES: Mapping[type[HubError], grpc.StatusCode] = {
+    OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
     Forbidden: grpc.StatusCode.PERMISSION_DENIED,

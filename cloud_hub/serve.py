@@ -7,7 +7,8 @@ reverse:
    upgrade`` does; concurrent starts wait for each other) and opened;
 2. the REST API (:mod:`cloud_hub.api`) on ``http_host:http_port``;
 3. the gRPC server (enrollment, OTA) on ``grpc_host:grpc_port``;
-4. telemetry ingest from the MQTT broker at ``mqtt_host:mqtt_port``.
+4. telemetry ingest from the MQTT broker at ``mqtt_host:mqtt_port``;
+5. the rollout controller (:mod:`cloud_hub.rollouts`), which advances staged rollouts.
 
 Parts 3 and 4 are imported when the hub starts; a build without them logs so and runs
 the rest. A port of 0 picks a free one. Once everything is up the process prints one line
@@ -44,6 +45,8 @@ LEVELS = ("debug", "info", "warning", "error")
 INGEST_STOP_S = 4.0
 GRPC_GRACE_S = 2.0
 WATCH_INTERVAL_S = 0.5
+# Online TUF roles are re-signed past half their lifetime (timestamp: 1 day); hourly is plenty.
+TUF_REFRESH_S = 3600.0
 TOKEN_HINT = "no operator token yet: create one with cloud-hub operator-token create NAME"
 
 
@@ -64,6 +67,7 @@ class Hub:
             self._start_http(registry)
             self._start_grpc(registry)
             self._start_ingest(registry)
+            self._start_rollouts(registry)
         except BaseException:
             self.stop()
             raise
@@ -135,10 +139,48 @@ class Hub:
         if server_class is None:
             return
         server = server_class(registry, self.settings)
+        self._add_ota(server)
         server.start()
         self._stops.append(("stop the gRPC server", lambda: server.stop(GRPC_GRACE_S)))
         self.addresses["grpc"] = _join(self.settings.grpc_host, server.port)
         _LOG.info("gRPC server (enrollment, updates) on %s", self.addresses["grpc"])
+
+    def _add_ota(self, server: Any) -> None:
+        """The OTA service, serving the hub's TUF repository (an empty one answers NOT_FOUND)."""
+        add_ota_service = _optional("cloud_hub.ota.service", "add_ota_service")
+        if add_ota_service is None:
+            return
+        from .ota.repository import TufRepository
+        from .ota.service import RepositorySource
+
+        repository = TufRepository.for_data_dir(self.settings.data_dir)
+        from .rollouts.backend import RolloutBackend
+
+        assert self.registry is not None
+        add_ota_service(server, RepositorySource(repository), RolloutBackend(self.registry))
+        self._start_tuf_refresh(repository)
+
+    def _start_tuf_refresh(self, repository: Any) -> None:
+        """An owned thread re-signing the online roles, so devices never see them expire."""
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=_refresh_tuf, args=(repository, stop), name="tuf-refresh", daemon=True
+        )
+        thread.start()
+
+        def stop_refresh() -> None:
+            stop.set()
+            thread.join(5.0)
+
+        self._stops.append(("stop the update metadata refresher", stop_refresh))
+
+    def _start_rollouts(self, registry: Registry) -> None:
+        from .rollouts import RolloutController
+
+        controller = RolloutController(registry, self.settings)
+        controller.start()
+        self._stops.append(("stop the rollout controller", controller.stop))
+        _LOG.info("rollout controller running")
 
     def _start_ingest(self, registry: Registry) -> None:
         service_class = _optional("cloud_hub.ingest", "IngestService")
@@ -225,6 +267,19 @@ def _optional(module: str, attribute: str) -> Any | None:
     if value is None:
         _LOG.warning("%s has no %s: that part of the hub is off", module, attribute)
     return value
+
+
+def _refresh_tuf(repository: Any, stop: threading.Event) -> None:
+    """``refresh_timestamp`` now and every ``TUF_REFRESH_S`` until ``stop``."""
+    while True:
+        if repository.exists:
+            try:
+                if repository.refresh_timestamp():
+                    _LOG.info("re-signed the update repository's online metadata")
+            except Exception:
+                _LOG.exception("could not re-sign the update metadata; retrying later")
+        if stop.wait(TUF_REFRESH_S):
+            return
 
 
 def _join(host: str, port: int) -> str:

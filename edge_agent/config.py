@@ -41,6 +41,7 @@ __all__ = [
     "HttpSection",
     "ModelSection",
     "MqttSection",
+    "OtaSection",
     "ShutdownSection",
     "SpoolSection",
     "TelemetrySection",
@@ -77,6 +78,7 @@ _SECTIONS: dict[str, set[str]] = {
     "telemetry": {"interval_s"},
     "spool": {"max_bytes", "max_age_s"},
     "shutdown": {"drain_timeout_s"},
+    "ota": {"enabled", "check_in_interval_s"},
 }
 
 
@@ -147,6 +149,14 @@ class ShutdownSection:
 
 
 @dataclass(frozen=True)
+class OtaSection:
+    """Model updates from the hub; they run only on an enrolled device with a pinned root."""
+
+    enabled: bool = True
+    check_in_interval_s: float = 300.0  # until the hub names its own; +-20% jitter
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection
     model: ModelSection
@@ -155,6 +165,7 @@ class AgentConfig:
     telemetry: TelemetrySection
     spool: SpoolSection
     shutdown: ShutdownSection
+    ota: OtaSection
     source: str  # the file it was read from
 
 
@@ -230,6 +241,15 @@ def parse_config(
                 60.0,
                 ShutdownSection.drain_timeout_s,
             )
+        ),
+        ota=OtaSection(
+            enabled=reader.flag(data.get("ota", {}), "ota.enabled", OtaSection.enabled),
+            check_in_interval_s=reader.number(
+                data.get("ota", {}),
+                "ota.check_in_interval_s",
+                _DAY_S,
+                OtaSection.check_in_interval_s,
+            ),
         ),
         source=source,
     )

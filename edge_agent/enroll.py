@@ -8,7 +8,8 @@ The device makes its own key pair here (Ed25519; the private key never leaves th
 sends the public key with the token, its hostname, device profile and what hardware
 detection found, and keeps what the hub returns: ``device.key`` (the private key) and
 ``identity.json`` (device id, fleet, hub endpoint, credential, MQTT settings), both 0600
-in the state directory. An existing identity is kept unless ``--force``.
+in the state directory, and the hub's signed TUF root (``tuf/metadata/root.json``, 0600),
+which anchors every model update. An existing identity is kept unless ``--force``.
 
 The key pair comes from ``cryptography`` when it is installed, else from the ``openssl``
 command (1.1.1 or newer for Ed25519, else ECDSA P-256), so the agent's base install needs
@@ -217,6 +218,10 @@ def enroll(
         hardware={**found, **(hardware or {})},
     )
     identity = _identity(response, hub)
+    if response.tuf_root:  # the anchor of every model update this device will accept
+        from .ota.trust import pin_root
+
+        pin_root(state_dir, bytes(response.tuf_root))
     key_file = state_dir / KEY_FILE
     write_private(key_file, keys.private_pem)
     identity_file = save_identity(state_dir, identity)

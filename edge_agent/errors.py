@@ -11,6 +11,7 @@ application can catch one type. The tree says who is at fault::
     ├── InputError             a request's tensors do not match the model (the caller's to fix)
     ├── BackendError           a runtime failed while running a valid request
     │   └── BackendUnavailable the runtime or its hardware is not present here
+    ├── IntegrityError         downloaded data or update metadata failed a check (do not trust it)
     └── TransportError         a peer could not be reached in time (retry later)
 
 Vendor exceptions are translated at the boundary with ``raise ... from exc`` so
@@ -53,6 +54,14 @@ class BackendError(EdgeAgentError):
 
 class BackendUnavailable(BackendError):
     """A runtime, delegate or accelerator is not available on this device."""
+
+
+class IntegrityError(EdgeAgentError):
+    """Downloaded data or update metadata failed a check: wrong length, hash or signature.
+
+    The peer sent something other than what was promised; retrying the same source does
+    not help, and nothing it sent may be used.
+    """
 
 
 class TransportError(EdgeAgentError):

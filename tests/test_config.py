@@ -40,6 +40,7 @@ def test_minimal_config_takes_the_defaults() -> None:
     assert config.telemetry.interval_s is None
     assert config.spool.max_bytes == 16 * 1024 * 1024
     assert config.shutdown.drain_timeout_s == 5.0
+    assert (config.ota.enabled, config.ota.check_in_interval_s) == (True, 300.0)
 
 
 def test_relative_paths_resolve_against_the_config_folder(
@@ -113,6 +114,9 @@ def test_the_shipped_example_config_is_valid() -> None:
         ("[spool]\nmax_bytes = 10\n" + MINIMAL, "spool.max_bytes = 10: expected an integer from"),
         ("[spool]\nmax_age_s = -1\n" + MINIMAL, "spool.max_age_s = -1: expected a number > 0"),
         ("[shutdown]\ndrain_timeout_s = 'x'\n" + MINIMAL, "shutdown.drain_timeout_s = 'x'"),
+        ("[ota]\nenabled = 'no'\n" + MINIMAL, "ota.enabled = 'no': expected true or false"),
+        ("[ota]\ncheck_in_interval_s = 0\n" + MINIMAL, "ota.check_in_interval_s = 0: expected"),
+        ("[ota]\nurl = 'x'\n" + MINIMAL, "ota.url"),
         ("[mqtt]\nkeepalive = 1\n" + MINIMAL, "mqtt.keepalive = 1: expected an integer from 5"),
         ("[mqtt]\nport = 0\n" + MINIMAL, "mqtt.port = 0: expected an integer from 1 to 65535"),
         ("[mqtt]\ntls = 'yes'\n" + MINIMAL, "mqtt.tls = 'yes': expected true or false"),

@@ -62,9 +62,9 @@ def schema_state(db: Database) -> SchemaState:
     return SchemaState(current=current, head=head_revision())
 
 
-def upgrade(db: Database, revision: str = "head") -> SchemaState:
+def upgrade(db: Database, revision: str = "head", *, _locked: bool = False) -> SchemaState:
     """Migrate the database to ``revision``; returns the state before the upgrade."""
-    with db.engine.connect() as connection, _schema_lock(db, connection):
+    with db.engine.connect() as connection, _schema_lock(db, connection, held=_locked):
         before = SchemaState(
             current=MigrationContext.configure(connection).get_current_revision(),
             head=head_revision(),
@@ -76,8 +76,9 @@ def upgrade(db: Database, revision: str = "head") -> SchemaState:
 
 
 @contextmanager
-def _schema_lock(db: Database, connection: Connection) -> Iterator[None]:
-    """Hold the schema-change lock: a PostgreSQL advisory lock, or a lock file for SQLite."""
+def _schema_lock(db: Database, connection: Connection, *, held: bool = False) -> Iterator[None]:
+    """Hold the schema-change lock: a PostgreSQL advisory lock, or a lock file for SQLite
+    (``held``: the caller already holds the SQLite file lock)."""
     if db.backend == "postgresql":
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
         connection.commit()
@@ -88,8 +89,21 @@ def _schema_lock(db: Database, connection: Connection) -> Iterator[None]:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
             connection.commit()
         return
+    if held:
+        yield
+        return
+    with _sqlite_file_lock(db):
+        yield
+
+
+@contextmanager
+def _sqlite_file_lock(db: Database) -> Iterator[None]:
+    """An exclusive lock file beside a SQLite database (nothing for other databases)."""
     database = db.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    if db.backend != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    if database.startswith("file:"):
         yield
         return
     with open(f"{database}.migrate-lock", "a+b") as lock:
@@ -108,6 +122,14 @@ def ensure_schema(db: Database, *, create: bool = True) -> SchemaState:
     (written by a newer hub), is refused with what to do; migrating a schema that other
     processes are using is an operator's decision (``cloud-hub db upgrade``).
     """
+    # On SQLite the whole check runs under the schema lock file: hubs starting together on a
+    # new file otherwise race each other's first connections (switching the file to WAL)
+    # and read half-made schemas; the second one in finds the schema made.
+    with _sqlite_file_lock(db):
+        return _ensure_schema(db, create=create, locked=db.backend == "sqlite")
+
+
+def _ensure_schema(db: Database, *, create: bool, locked: bool) -> SchemaState:
     db.check_connection()
     state = schema_state(db)
     if state.up_to_date:
@@ -123,7 +145,7 @@ def ensure_schema(db: Database, *, create: bool = True) -> SchemaState:
             raise HubConfigError(
                 f"database {db.describe()} has no hub schema: run 'cloud-hub db upgrade'"
             )
-        upgrade(db)
+        upgrade(db, _locked=locked)
         return schema_state(db)
     script = ScriptDirectory.from_config(alembic_config())
     if state.current not in {rev.revision for rev in script.walk_revisions()}:

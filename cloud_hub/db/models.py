@@ -19,6 +19,9 @@ Tables::
     telemetry_raw       each telemetry message as received; unique (device, boot, seq) dedupes
     telemetry_rollups   per-device per-minute aggregates, kept after raw data expires
     device_events       things devices report on their events topic
+    rollouts            a model version going out to a fleet in steps (cloud_hub.rollouts)
+    rollout_waves       one step of a rollout (canary, wave 1, ...): its devices and times
+    device_assignments  what one device should run in one rollout, and how far it got
 """
 
 from __future__ import annotations
@@ -231,3 +234,71 @@ class DeviceEvent(Base):
     ts: Mapped[datetime]
     kind: Mapped[str] = mapped_column(String(64))
     body: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+ROLLOUT_STATES = ("running", "paused", "halted", "aborted", "completed")
+# What a device should run in a rollout: nothing yet, the rollout's model, or what it ran before.
+ASSIGNMENT_DESIRES = ("none", "target", "previous")
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        CheckConstraint(f"state IN {ROLLOUT_STATES!r}", name="state"),
+        Index(None, "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # "ro-<10 hex>"
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    state: Mapped[str] = mapped_column(String(16))
+    plan: Mapped[dict[str, Any]]  # canary/waves percentages and the devices asked for
+    gates: Mapped[list[str]] = mapped_column(JSON)  # as given: ["p99_ms<=50", ...]
+    soak_seconds: Mapped[int]
+    probation_seconds: Mapped[int]
+    failure_tolerance: Mapped[float] = mapped_column(Float)  # share of a wave that may fail
+    reason: Mapped[str | None] = mapped_column(Text)  # why it halted or was aborted
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    fleet: Mapped[Fleet] = relationship(lazy="joined", innerjoin=True)
+    model_version: Mapped[ModelVersion] = relationship(lazy="joined", innerjoin=True)
+
+
+class RolloutWave(Base):
+    __tablename__ = "rollout_waves"
+
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    wave_index: Mapped[int] = mapped_column(primary_key=True)  # 0 = the first step
+    name: Mapped[str] = mapped_column(String(16))  # "canary", "wave 1", ...
+    device_ids: Mapped[list[str]] = mapped_column(JSON)
+    started_at: Mapped[datetime | None]
+    passed_at: Mapped[datetime | None]
+    rolled_back_at: Mapped[datetime | None]
+
+
+class DeviceAssignment(Base):
+    __tablename__ = "device_assignments"
+    __table_args__ = (
+        UniqueConstraint("rollout_id", "device_id"),
+        CheckConstraint(f"desired IN {ASSIGNMENT_DESIRES!r}", name="desired"),
+        Index(None, "device_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"))
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    wave_index: Mapped[int]
+    desired: Mapped[str] = mapped_column(String(16))
+    target_version: Mapped[str] = mapped_column(String(64))
+    previous_model: Mapped[str | None] = mapped_column(String(128))
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+    phase: Mapped[str] = mapped_column(String(16))  # pending, downloading, ..., installed
+    percent: Mapped[int] = mapped_column(default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    reported_version: Mapped[str | None] = mapped_column(String(64))  # the report's model
+    installed_at: Mapped[datetime | None]
+    notify: Mapped[bool] = mapped_column(default=False)  # "check in now" not yet sent
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -6,9 +6,14 @@ stop event with a short timeout and sending ``WATCHDOG=1`` every ``WATCHDOG_USEC
 The ping comes from this loop and not from a helper thread, so a hung main thread stops
 the pings and systemd restarts the service. The server and the publisher run their own
 threads, owned and stopped by their objects. SIGTERM and SIGINT only set the stop event;
-the main thread then stops the parts in reverse: ``STOPPING=1``, drain in-flight requests
-and close the listener, stop telemetry (spool flushed, ``offline`` published), close the
-engine.
+the main thread then stops the parts in reverse: ``STOPPING=1``, stop the update thread,
+drain in-flight requests and close the listener, stop telemetry (spool flushed, ``offline``
+published), close the engine the service runs.
+
+Model updates (docs/ota.md): at start :func:`~edge_agent.ota.slots.recover` finishes or
+undoes an install a crash interrupted; the model it names wins over ``[model] path``. On a
+device enrolled with a hub whose update root is pinned, an :class:`~.updater.Updater`
+thread (built in :mod:`.updater`) checks in, installs and judges probation.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from ..detect import detect_profile
 from ..engine import Engine
 from ..errors import EdgeAgentError
 from ..formats import ModelFormat, detect_format
-from ..identity import load_identity
+from ..identity import Identity, load_identity
 from ..probe import RuntimeInfo
 from ..profiles import DeviceProfile
 from .notify import Notifier, watchdog_interval
@@ -40,11 +45,13 @@ from .resolve import Broker, resolve_broker, resolve_device, resolve_interval, r
 from .state import prepare_state_dir
 
 if TYPE_CHECKING:  # imported when used: without MQTT the daemon never loads paho
-    from ..server import LocalInferenceServer
+    from ..ota.slots import CurrentModel
+    from ..server import LocalInferenceServer, ModelService
     from ..telemetry.aggregate import Recorder
     from ..telemetry.publisher import TelemetryPublisher
     from ..telemetry.spool import Spool
     from ..telemetry.system import SystemProbe
+    from .updater import TeeRecorder, Updater
 
 __all__ = ["Agent", "EngineLoader", "serve"]
 
@@ -80,7 +87,10 @@ class Agent:
         self.telemetry: TelemetryPublisher | None = None
         self.recorder: Recorder | None = None
         self.spool: Spool | None = None
+        self.service: ModelService | None = None
+        self.updater: Updater | None = None
         self.http_url: str | None = None
+        self._probation: Recorder | None = None
 
     # -- start --------------------------------------------------------------------------
 
@@ -98,9 +108,14 @@ class Agent:
         identity = load_identity(state_dir)
         device, fleet = resolve_device(config, identity, socket.gethostname())
         profile = self._profile()
-        self._status(f"loading model {config.model.path}")
-        self.engine = self._load_engine(profile, state_dir)
-        name, version = resolve_model(config, self.engine.card)
+        installed = _recover(state_dir)
+        path = installed.path(state_dir) if installed is not None else config.model.path
+        self._status(f"loading model {path}")
+        self.engine = self._load_engine(profile, state_dir, path)
+        if installed is not None:
+            name, version = installed.model, installed.version
+        else:
+            name, version = resolve_model(config, self.engine.card)
         _LOG.info(
             "model %s %s loaded on %s (%s); selection: %s",
             name,
@@ -110,22 +125,71 @@ class Agent:
             self.engine.selection.explain(),
         )
         self.recorder = _new_recorder() if config.mqtt.enabled else None
+        updates = _updates_wanted(config, identity, state_dir)
+        self._probation = _new_recorder() if updates else None
+        self.service = _new_service(self.engine, name, version, self._tee())
+        if updates:
+            assert identity is not None
+            baseline = _baseline(config, name, version, self.engine)
+            self.updater = self._new_updater(identity, state_dir, profile, baseline)
         if config.http.enabled and not self._stop.is_set():
-            self._start_http(name, version)
+            self._start_http()
         if config.mqtt.enabled and not self._stop.is_set():
             broker = resolve_broker(config.mqtt, identity, device, config.source)
-            self._start_telemetry(broker, device, fleet, state_dir, profile, name, version)
+            self._start_telemetry(broker, device, fleet, state_dir, profile, name)
+        if self.updater is not None and not self._stop.is_set():
+            self.updater.start()
+            _LOG.info("model updates from %s", self.updater.client.hub)
         if self._stop.is_set():
             return  # a signal came while starting: no READY, straight to stop()
         where = f" on {self.http_url}" if self.http_url else ""
         self.notifier.ready(f"serving {name} {version} ({self.engine.backend_name}){where}")
         _LOG.info("ready: device %s in fleet %s, boot id %s", device, fleet, self.boot_id)
 
-    def _start_http(self, name: str, version: str) -> None:
-        assert self.engine is not None
+    def _tee(self) -> Recorder | TeeRecorder | None:
+        from .updater import TeeRecorder
+
+        recorders = [r for r in (self.recorder, self._probation) if r is not None]
+        return TeeRecorder(*recorders) if len(recorders) > 1 else next(iter(recorders), None)
+
+    def _new_updater(
+        self, identity: Identity, state_dir: Path, profile: DeviceProfile, baseline: CurrentModel
+    ) -> Updater:
+        from ..ota.client import OtaClient
+        from ..ota.installer import Installer
+        from ..ota.trust import TrustedUpdater
+        from .updater import Updater, reporter_for
+
+        assert self.service is not None and self._probation is not None
+        client = OtaClient(identity.hub, identity)
+        trusted = TrustedUpdater(state_dir, client.fetcher())
+        installer = Installer(
+            state_dir,
+            self.service,
+            partial(self._load_engine, profile, state_dir),
+            client,
+            trusted,
+            reporter_for(client),
+            profile.name,
+            baseline=baseline,
+        )
+        return Updater(
+            client=client,
+            trusted=trusted,
+            installer=installer,
+            probation=self._probation,
+            boot_id=self.boot_id,
+            profile=profile.name,
+            baseline=baseline,
+            interval_s=self.config.ota.check_in_interval_s,
+            probation_interval_s=resolve_interval(self.config, profile),
+        )
+
+    def _start_http(self) -> None:
+        assert self.service is not None
         http = self.config.http
         self._status(f"starting the HTTP server on {http.host}:{http.port}")
-        self.server = _start_server(self.engine, name, version, self.config, self.recorder)
+        self.server = _start_server(self.service, self.config)
         self.http_url = self.server.url
         _LOG.info("serving Open Inference Protocol v2 on %s", self.http_url)
 
@@ -137,13 +201,12 @@ class Agent:
         state_dir: Path,
         profile: DeviceProfile,
         name: str,
-        version: str,
     ) -> None:
         assert self.recorder is not None  # made before the HTTP server, which feeds it
         interval = resolve_interval(self.config, profile)
         self._status(f"starting telemetry to {broker.host}:{broker.port} every {interval:g}s")
         self.spool = _open_spool(state_dir, self.config)
-        model_info = self._model_info(name, version)
+        model_info = partial(self._model_info, name)
         self.telemetry = _start_publisher(
             broker,
             device=device,
@@ -154,8 +217,9 @@ class Agent:
             system=_new_system_probe(state_dir, profile),
             model_info=model_info,
             interval_s=interval,
+            on_command=self.updater.on_command if self.updater is not None else None,
         )
-        self.telemetry.publish_event("started", model_info)
+        self.telemetry.publish_event("started", model_info())
         _LOG.info("telemetry to %r", broker)
 
     def _profile(self) -> DeviceProfile:
@@ -166,24 +230,26 @@ class Agent:
         _LOG.info("device profile %s (%s)", profile.name, profile.source)
         return profile
 
-    def _load_engine(self, profile: DeviceProfile, state_dir: Path) -> Engine:
+    def _load_engine(self, profile: DeviceProfile, state_dir: Path, path: Path) -> Engine:
         model = self.config.model
         backend = None if model.backend == "auto" else model.backend
         return self._load(
-            model.path,
+            path,
             profile=profile,
             backend=backend,
             cache_dir=state_dir / "cache",
-            runtimes=_probe_runtimes(detect_format(model.path), backend),
+            runtimes=_probe_runtimes(detect_format(path), backend),
         )
 
-    def _model_info(self, name: str, version: str) -> dict[str, str]:
-        assert self.engine is not None
+    def _model_info(self, name: str) -> dict[str, str]:
+        """What telemetry says runs; read at each message, so an update shows at once."""
+        assert self.service is not None
+        engine = self.service.engine
         return {
             "name": name,
-            "version": version,
-            "backend": self.engine.backend_name,
-            "format": str(self.engine.model_format),
+            "version": self.service.version,
+            "backend": engine.backend_name if engine is not None else "",
+            "format": str(getattr(engine, "model_format", "")),
         }
 
     # -- the main loop ------------------------------------------------------------------
@@ -213,12 +279,17 @@ class Agent:
 
     def stop(self) -> bool:
         """Stop the parts in reverse order; False when one of them failed to stop."""
-        if all(part is None for part in (self.server, self.telemetry, self.spool, self.engine)):
+        parts = (self.updater, self.server, self.telemetry, self.spool, self.engine)
+        if all(part is None for part in parts):
             return True  # nothing started (or stopped already)
         reason = f" ({self._stop_reason})" if self._stop_reason else ""
         self.notifier.stopping(f"stopping{reason}: finishing in-flight requests")
         _LOG.info("stopping%s", reason)
         ok = True
+        if self.updater is not None:
+            drain = self.config.shutdown.drain_timeout_s
+            ok &= _attempt("stop the update thread", partial(self.updater.stop, drain))
+            self.updater = None
         if self.server is not None:
             ok &= _attempt("stop the HTTP server", self._stop_server)
             self.server = None
@@ -229,10 +300,17 @@ class Agent:
             ok &= _attempt("close the telemetry spool", self.spool.close)
             self.spool = None
         if self.engine is not None:
-            ok &= _attempt("close the engine", self.engine.close)
-            self.engine = None
+            ok &= _attempt("close the engine", self._close_engine)
+            self.engine = self.service = None
         _LOG.info("stopped")
         return ok
+
+    def _close_engine(self) -> None:
+        """Close what the service runs now: after an update that is no longer ``engine``."""
+        running = self.service.engine if self.service is not None else self.engine
+        close = getattr(running, "close", None)
+        if close is not None:
+            close()
 
     def _stop_server(self) -> None:
         assert self.server is not None
@@ -308,18 +386,66 @@ def _probe_runtimes(fmt: ModelFormat, only: str | None) -> dict[str, RuntimeInfo
     return probe_runtimes(names)
 
 
+def _recover(state_dir: Path) -> CurrentModel | None:
+    """The installed model to run (finishing or undoing an interrupted install), if any."""
+    from ..ota.slots import recover
+
+    installed = recover(state_dir)
+    if installed is not None:
+        _LOG.info(
+            "running the installed model %s %s (slot %s) instead of [model] path",
+            installed.model,
+            installed.version,
+            installed.slot,
+        )
+    return installed
+
+
+def _updates_wanted(config: AgentConfig, identity: Identity | None, state_dir: Path) -> bool:
+    """Updates run on an enrolled device whose hub gave it an update root to pin."""
+    from ..ota.trust import METADATA_DIR
+
+    if not config.ota.enabled:
+        return False
+    if identity is None or not identity.hub:
+        _LOG.info("model updates off: the device has not enrolled with a hub")
+        return False
+    if not (state_dir / METADATA_DIR / "root.json").exists():
+        _LOG.info("model updates off: no pinned update root (the hub had none at enrollment)")
+        return False
+    return True
+
+
+def _baseline(config: AgentConfig, name: str, version: str, engine: Engine) -> CurrentModel:
+    """``[model] path`` as the installer sees it: the model to roll back to."""
+    from ..ota.slots import CurrentModel
+
+    return CurrentModel(
+        slot=None,
+        model=name,
+        version=version,
+        format=str(engine.model_format),
+        file=str(config.model.path),
+    )
+
+
+def _new_service(
+    engine: Engine, name: str, version: str, recorder: Recorder | TeeRecorder | None
+) -> ModelService:
+    from ..server import ModelService
+
+    return ModelService(engine, name, version, recorder=recorder)
+
+
 def _new_recorder() -> Recorder:
     from ..telemetry.aggregate import Recorder
 
     return Recorder(time.time())
 
 
-def _start_server(
-    engine: Engine, name: str, version: str, config: AgentConfig, recorder: Recorder | None
-) -> LocalInferenceServer:
-    from ..server import LocalInferenceServer, ModelService
+def _start_server(service: ModelService, config: AgentConfig) -> LocalInferenceServer:
+    from ..server import LocalInferenceServer
 
-    service = ModelService(engine, name, version, recorder=recorder)
     server = LocalInferenceServer(
         service,
         host=config.http.host,
@@ -353,8 +479,9 @@ def _start_publisher(
     spool: Spool,
     recorder: Recorder,
     system: SystemProbe,
-    model_info: dict[str, str],
+    model_info: Callable[[], dict[str, str]],
     interval_s: float,
+    on_command: Callable[[bytes], None] | None,
 ) -> TelemetryPublisher:
     from ..telemetry.publisher import TelemetryPublisher
     from ..telemetry.settings import MqttSettings
@@ -380,8 +507,9 @@ def _start_publisher(
         spool=spool,
         recorder=recorder,
         system=system,
-        model_info=lambda: model_info,
+        model_info=model_info,
         interval_s=interval_s,
+        on_command=on_command,
     )
     publisher.start()
     return publisher
