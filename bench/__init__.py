@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "ingest": Benchmark(
         "bench.ingest", "telemetry msg/s one hub process sustains with zero loss, SQLite and PG"
     ),
+    "ota": Benchmark("bench.ota", "OTA: gRPC download vs HTTP copy, local p99 during a swap"),
 }
 
 __all__ = ["BENCHMARKS", "Benchmark"]

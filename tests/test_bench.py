@@ -41,6 +41,13 @@ KEYS = {
     "telemetry": {"throughput_ratio", "inprocess_ratio", "record_p50_us", "publisher_cpu_frac"},
     "footprint": {"rss_ratio", "idle_cpu_pct"},
     "ingest": {"msgs_per_s_sqlite", "msgs_per_s_postgres", "lost"},
+    "ota": {
+        "grpc_over_http_copy",
+        "swap_p99_ratio",
+        "failed_requests",
+        "steady_p99_ms",
+        "swap_p99_ms",
+    },
 }
 
 
@@ -89,6 +96,8 @@ def test_quick_run_ends_in_complete_json(name: str) -> None:
         assert figures["int8_accuracy_drop_pt"] <= 1.0
     if name == "ingest":
         assert figures["lost"] == 0  # loss is correctness, not speed
+    if name == "ota":
+        assert figures["failed_requests"] == 0  # a failed request is a defect, not slowness
 
 
 def test_unknown_benchmark_is_a_one_line_error() -> None:
