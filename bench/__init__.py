@@ -34,6 +34,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         "bench.ingest", "telemetry msg/s one hub process sustains with zero loss, SQLite and PG"
     ),
     "ota": Benchmark("bench.ota", "OTA: gRPC download vs HTTP copy, local p99 during a swap"),
+    "batching": Benchmark(
+        "bench.batching", "offload server: throughput and p50/p95/p99 with dynamic batching vs off"
+    ),
+    "cascade": Benchmark(
+        "bench.cascade", "edge/cloud/cascade accuracy and offload at a validation-set threshold"
+    ),
 }
 
 __all__ = ["BENCHMARKS", "Benchmark"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -179,7 +180,9 @@ def check_public_key(pem: str) -> str:
             "checking device keys needs cryptography: pip install 'edgeloop[hub]'"
         ) from exc
     try:
-        key = serialization.load_pem_public_key(pem.encode("utf-8"))
+        with warnings.catch_warnings():  # cryptography 51+ warns when it loads DSA: refused below
+            warnings.simplefilter("ignore", UserWarning)
+            key = serialization.load_pem_public_key(pem.encode("utf-8"))
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(
             "public_key_pem is not a PEM public key ('-----BEGIN PUBLIC KEY-----' block "

@@ -8,13 +8,17 @@ reverse:
 2. the REST API (:mod:`cloud_hub.api`) on ``http_host:http_port``;
 3. the gRPC server (enrollment, OTA) on ``grpc_host:grpc_port``;
 4. telemetry ingest from the MQTT broker at ``mqtt_host:mqtt_port``;
-5. the rollout controller (:mod:`cloud_hub.rollouts`), which advances staged rollouts.
+5. the rollout controller (:mod:`cloud_hub.rollouts`), which advances staged rollouts;
+6. the offload server (:mod:`cloud_hub.offload`): Open Inference Protocol v2 over HTTP on
+   ``offload_http_host:offload_http_port`` and over gRPC on the hub's gRPC server, handing
+   answered device inputs to the hard-example recorder (:mod:`cloud_hub.hard_examples`)
+   when this build has one.
 
-Parts 3 and 4 are imported when the hub starts; a build without them logs so and runs
+Parts 3, 4 and 6 are imported when the hub starts; a build without them logs so and runs
 the rest. A port of 0 picks a free one. Once everything is up the process prints one line
-scripts can read::
+scripts can read (parse it by key: parts may be added at the end)::
 
-    listening http=127.0.0.1:8080 grpc=127.0.0.1:50051 mqtt=127.0.0.1:1883
+    listening http=127.0.0.1:8080 grpc=127.0.0.1:50051 mqtt=127.0.0.1:1883 offload=127.0.0.1:8000
 
 SIGTERM and SIGINT stop the hub cleanly (exit 0); a part that dies on its own stops the
 rest and exits 1.
@@ -65,7 +69,9 @@ class Hub:
         try:
             registry = self._open_registry()
             self._start_http(registry)
-            self._start_grpc(registry)
+            offload = self._make_offload(registry)
+            self._start_grpc(registry, offload)
+            self._start_offload(offload)
             self._start_ingest(registry)
             self._start_rollouts(registry)
         except BaseException:
@@ -92,7 +98,7 @@ class Hub:
         return None
 
     def listening(self) -> str:
-        """``http=HOST:PORT grpc=HOST:PORT mqtt=HOST:PORT``, ``off`` for absent parts."""
+        """``http=HOST:PORT grpc=... mqtt=... offload=...``, ``off`` for absent parts."""
         return " ".join(f"{part}={self.addresses.get(part, 'off')}" for part in _PARTS)
 
     def _open_registry(self) -> Registry:
@@ -134,16 +140,39 @@ class Hub:
         self.addresses["http"] = server.address
         _LOG.info("REST API at %s/api/v1 (OpenAPI docs at %s/docs)", server.url, server.url)
 
-    def _start_grpc(self, registry: Registry) -> None:
+    def _start_grpc(self, registry: Registry, offload: Any = None) -> None:
         server_class = _optional("cloud_hub.grpc_server", "HubGrpcServer")
         if server_class is None:
             return
         server = server_class(registry, self.settings)
         self._add_ota(server)
+        if offload is not None:
+            offload.add_to(server)
         server.start()
         self._stops.append(("stop the gRPC server", lambda: server.stop(GRPC_GRACE_S)))
         self.addresses["grpc"] = _join(self.settings.grpc_host, server.port)
         _LOG.info("gRPC server (enrollment, updates) on %s", self.addresses["grpc"])
+
+    def _make_offload(self, registry: Registry) -> Any:
+        """The offload server (not started yet), with the hard-example recorder as its sink."""
+        server_class = _optional("cloud_hub.offload", "OffloadServer")
+        if server_class is None:
+            return None
+        sink = None
+        recorder_class = _optional("cloud_hub.hard_examples", "HardExampleRecorder")
+        if recorder_class is not None:
+            sink = recorder_class(registry, self.settings)
+            sink.start()
+            self._stops.append(("stop the hard-example recorder", sink.stop))
+        return server_class(registry, self.settings, sink=sink)
+
+    def _start_offload(self, offload: Any) -> None:
+        if offload is None:
+            return
+        offload.start()
+        self._stops.append(("stop the offload server", offload.stop))
+        self.addresses["offload"] = offload.address
+        _LOG.info("offload server (OIP v2) on http://%s and the gRPC server", offload.address)
 
     def _add_ota(self, server: Any) -> None:
         """The OTA service, serving the hub's TUF repository (an empty one answers NOT_FOUND)."""
@@ -193,7 +222,7 @@ class Hub:
         _LOG.info("telemetry ingest from the MQTT broker at %s", self.addresses["mqtt"])
 
 
-_PARTS = ("http", "grpc", "mqtt")
+_PARTS = ("http", "grpc", "mqtt", "offload")
 
 
 def serve(settings: HubSettings, *, stop: threading.Event | None = None) -> int:
@@ -294,13 +323,15 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd = commands.add_parser(
         "serve",
         parents=[common],
-        help="run the hub: REST API, gRPC server and telemetry ingest",
+        help="run the hub: REST API, gRPC server, telemetry ingest and the offload server",
         description="Migrate the database and run the hub until SIGTERM or SIGINT: the "
-        "REST API (OpenAPI docs at /docs), the gRPC server for enrollment and updates, and "
-        "telemetry ingest from the MQTT broker. Defaults: SQLite in the data directory, "
-        "REST on 127.0.0.1:8080, gRPC on 127.0.0.1:50051, broker at 127.0.0.1:1883; each "
+        "REST API (OpenAPI docs at /docs), the gRPC server for enrollment and updates, "
+        "telemetry ingest from the MQTT broker, and the offload server (Open Inference "
+        "Protocol v2). Defaults: SQLite in the data directory, REST on 127.0.0.1:8080, gRPC "
+        "on 127.0.0.1:50051, broker at 127.0.0.1:1883, offload on 127.0.0.1:8000; each "
         "is also an EDGELOOP_HUB_* variable or a key in --config. Port 0 picks a free port; "
-        "the line 'listening http=HOST:PORT grpc=HOST:PORT mqtt=HOST:PORT' says which.",
+        "the line 'listening http=HOST:PORT grpc=HOST:PORT mqtt=HOST:PORT offload=HOST:PORT' "
+        "says which.",
     )
     cmd.add_argument("--http-host", metavar="HOST", help="REST API address (default 127.0.0.1)")
     cmd.add_argument("--http-port", metavar="PORT", type=int, help="REST API port (default 8080)")
@@ -309,6 +340,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd.add_argument("--mqtt-host", metavar="HOST", help="MQTT broker host (default 127.0.0.1)")
     cmd.add_argument(
         "--mqtt-port", metavar="PORT", type=int, help="MQTT broker port (default 1883)"
+    )
+    cmd.add_argument(
+        "--offload-host", metavar="HOST", help="offload server (OIP v2 HTTP) address (127.0.0.1)"
+    )
+    cmd.add_argument(
+        "--offload-port", metavar="PORT", type=int, help="offload server HTTP port (default 8000)"
     )
     cmd.add_argument(
         "--log-level", choices=LEVELS, default="info", help="least severe level logged"
@@ -331,5 +368,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         mqtt_host=args.mqtt_host,
         mqtt_port=args.mqtt_port,
+        offload_http_host=args.offload_host,
+        offload_http_port=args.offload_port,
     )
     return serve(settings)

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -102,6 +102,25 @@ class HubSettings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: ListenPort = 50051
 
+    # The offload server (cloud_hub.offload): Open Inference Protocol v2 over HTTP on this
+    # address (gRPC goes through the hub's gRPC server), one dynamic batcher per model.
+    offload_http_host: str = "127.0.0.1"
+    offload_http_port: ListenPort = 8000
+    offload_max_batch: int = Field(default=32, ge=1, le=4096)  # 1 (and delay 0): no batching
+    offload_max_queue_delay_ms: float = Field(default=2.0, ge=0, le=10_000)
+    offload_queue_size: int = Field(default=256, ge=1, le=1_000_000)  # per model; full: 503
+    offload_max_request_bytes: int = Field(default=16 << 20, ge=1)
+    # Require a device credential or an operator token on offload calls (not on health).
+    # Off only on a private network. A credential found good is trusted for
+    # offload_auth_cache_s seconds: revocation takes effect within that time.
+    offload_auth: bool = True
+    offload_auth_cache_s: float = Field(default=30.0, ge=0, le=3600)
+    # auto: CUDA when onnxruntime has CUDAExecutionProvider, else the CPU; cuda: or fail.
+    offload_device: Literal["auto", "cpu", "cuda"] = "auto"
+    offload_threads: int = Field(default=0, ge=0, le=1024)  # ONNX Runtime intra-op; 0: its own
+    offload_max_loaded_models: int = Field(default=8, ge=1, le=1024)  # least recently used go
+    offload_max_connections: int = Field(default=256, ge=1, le=100_000)  # HTTP; over it: 503
+
     # What devices are told at enrollment: where THEY reach the broker (None: mqtt_host and
     # mqtt_port) and the hub's gRPC endpoint "host:port" (None: the address they enrolled
     # through).
@@ -112,6 +131,11 @@ class HubSettings(BaseSettings):
 
     # Raw telemetry older than this is deleted; per-minute rollups are kept.
     raw_retention: Duration = timedelta(days=7)
+
+    # Hard examples (offloaded inputs with the cloud's and the edge's answers) kept per
+    # fleet; the oldest go first when either bound is passed (cloud_hub.hard_examples).
+    hard_examples_max_count: int = Field(default=100_000, ge=1)
+    hard_examples_max_bytes: int = Field(default=1 << 30, ge=1)  # stored input bytes
 
     # Broker authentication the hub maintains for devices (Mosquitto password and ACL
     # files, and the command that makes the broker reload them). None: not managed.

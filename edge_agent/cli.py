@@ -19,6 +19,7 @@ import numpy as np
 
 from .enroll import add_parser as add_enroll_parser
 from .errors import EdgeAgentError, InputError
+from .offload.calibrate_cli import add_parser as add_calibrate_parser
 from .service.commands import add_parsers as add_service_parsers
 
 PROG = "edge-agent"
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer(commands, common)
     add_service_parsers(commands, common)
     add_enroll_parser(commands, common)
+    add_calibrate_parser(commands, common)
     return parser
 
 

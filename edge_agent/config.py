@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import ConfigError
+from .offload.address import parse_address
+from .offload.scores import SCORES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,6 +43,7 @@ __all__ = [
     "HttpSection",
     "ModelSection",
     "MqttSection",
+    "OffloadSection",
     "OtaSection",
     "ShutdownSection",
     "SpoolSection",
@@ -79,6 +82,20 @@ _SECTIONS: dict[str, set[str]] = {
     "spool": {"max_bytes", "max_age_s"},
     "shutdown": {"drain_timeout_s"},
     "ota": {"enabled", "check_in_interval_s"},
+    "offload": {
+        "url",
+        "model",
+        "version",
+        "score",
+        "threshold",
+        "deadline_ms",
+        "breaker_failures",
+        "breaker_cooldown_s",
+        "max_per_second",
+        "max_bytes_per_minute",
+        "send_credentials",
+        "send_edge_answer",
+    },
 }
 
 
@@ -157,6 +174,32 @@ class OtaSection:
 
 
 @dataclass(frozen=True)
+class OffloadSection:
+    """The cascade: hard inputs go to an Open Inference Protocol v2 server (docs/cascade.md),
+    over gRPC (``grpc://`` or bare ``host:port``) or HTTP (``http://``).
+
+    ``url`` None (absent or empty) turns offloading off.
+    """
+
+    url: str | None = None  # "grpc://host:port" or "host:port"; "http://host:port[/path]"
+    model: str | None = None  # the cloud model's name; None: the local model's name
+    version: str | None = None  # None: the server's choice
+    score: str = "max_probability"  # max_probability | margin | entropy
+    threshold: float = 0.9  # a confidence below it is hard
+    deadline_ms: int = 250  # the most an offload adds to a request
+    breaker_failures: int = 5  # failures in a row that open the breaker
+    breaker_cooldown_s: float = 10.0  # open this long before one trial call
+    max_per_second: float | None = None  # None: no limit
+    max_bytes_per_minute: int | None = None  # None: no limit
+    send_credentials: bool = True  # the enrolled device's credential, when there is one
+    send_edge_answer: bool = True  # the local label, score and version as parameters
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection
     model: ModelSection
@@ -167,6 +210,7 @@ class AgentConfig:
     shutdown: ShutdownSection
     ota: OtaSection
     source: str  # the file it was read from
+    offload: OffloadSection = OffloadSection()
 
 
 def load_config(
@@ -252,6 +296,7 @@ def parse_config(
             ),
         ),
         source=source,
+        offload=_offload(reader, data.get("offload", {})),
     )
 
 
@@ -331,6 +376,53 @@ def _mqtt(reader: _Reader, table: dict[str, Any]) -> MqttSection:
         keepalive=reader.integer(table, "mqtt.keepalive", MqttSection.keepalive, 5, 3600),
         topic_prefix=reader.text(table, "mqtt.topic_prefix"),
         client_id=reader.text(table, "mqtt.client_id"),
+    )
+
+
+def _offload(reader: _Reader, table: dict[str, Any]) -> OffloadSection:
+    default = OffloadSection()
+    url = table.get("url")
+    if url == "":
+        url = None  # empty: off, like leaving it out
+    if url is not None:
+        url = reader.text(table, "offload.url")
+        assert url is not None
+        try:
+            parse_address(url)
+        except ValueError:
+            reader.fail(
+                "offload.url", url, "grpc://host:port, host:port or http://host:port[/path]"
+            )
+    score = reader.text(table, "offload.score") or default.score
+    if score not in SCORES:
+        reader.fail("offload.score", score, f"one of {', '.join(SCORES)}")
+    threshold = table.get("threshold", default.threshold)
+    ok = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    if not ok or not 0.0 <= threshold <= 1.0:
+        reader.fail("offload.threshold", threshold, "a number from 0 to 1")
+    per_second = reader.number(table, "offload.max_per_second", 1e6)
+    per_minute = (
+        reader.integer(table, "offload.max_bytes_per_minute", None, 1, _MAX_BYTES)
+        if "max_bytes_per_minute" in table
+        else None
+    )
+    return OffloadSection(
+        url=url,
+        model=reader.name(table, "offload.model"),
+        version=reader.text(table, "offload.version"),
+        score=score,
+        threshold=float(threshold),
+        deadline_ms=reader.integer(table, "offload.deadline_ms", default.deadline_ms, 1, 60_000),
+        breaker_failures=reader.integer(
+            table, "offload.breaker_failures", default.breaker_failures, 1, 1000
+        ),
+        breaker_cooldown_s=reader.number(
+            table, "offload.breaker_cooldown_s", 3600.0, default.breaker_cooldown_s
+        ),
+        max_per_second=per_second,
+        max_bytes_per_minute=per_minute,
+        send_credentials=reader.flag(table, "offload.send_credentials", default.send_credentials),
+        send_edge_answer=reader.flag(table, "offload.send_edge_answer", default.send_edge_answer),
     )
 
 

@@ -48,6 +48,16 @@ KEYS = {
         "steady_p99_ms",
         "swap_p99_ms",
     },
+    "cascade": {"edge_acc", "cloud_acc", "cascade_acc", "offload_fraction"},
+    "batching": {
+        "throughput_gain_c16",
+        "p95_ratio_c16",
+        "p50_ratio_c1",
+        "rps_on_c16",
+        "rps_off_c16",
+        "p95_ms_on_c16",
+        "p95_ms_off_c16",
+    },
 }
 
 
@@ -98,6 +108,9 @@ def test_quick_run_ends_in_complete_json(name: str) -> None:
         assert figures["lost"] == 0  # loss is correctness, not speed
     if name == "ota":
         assert figures["failed_requests"] == 0  # a failed request is a defect, not slowness
+    if name == "cascade":  # accuracy on fixed, seeded models: deterministic, so asserted
+        assert figures["offload_fraction"] <= 0.25
+        assert figures["cloud_acc"] - figures["cascade_acc"] <= 0.005 + 1e-9
 
 
 def test_unknown_benchmark_is_a_one_line_error() -> None:

@@ -255,6 +255,7 @@ def write_hub_config(folder: Path, database_url: str, broker: MosquittoBroker) -
         f"mqtt_port = {broker.port}\n"
         "http_port = 0\n"
         "grpc_port = 0\n"
+        "offload_http_port = 0\n"
         f'broker_password_file = "{files / "passwords"}"\n'
         f'broker_acl_file = "{files / "acl"}"\n'
         f'broker_pid_file = "{files / "mosquitto.pid"}"\n'
@@ -288,8 +289,8 @@ def start_broker(folder: Path) -> MosquittoBroker:
     return broker
 
 
-def start_hub(processes: Processes, config: Path) -> Hub:
-    process = processes.start("hub", *hub_command(config, "serve"))
+def start_hub(processes: Processes, config: Path, name: str = "hub") -> Hub:
+    process = processes.start(name, *hub_command(config, "serve"))
     line = _wait_for_line(process, r"^listening (.*)$")
     where = dict(part.split("=", 1) for part in line.split())
     assert where.get("mqtt") not in (None, "off"), f"the hub runs without ingest: {line}"

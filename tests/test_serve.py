@@ -131,7 +131,17 @@ def start_hub(tmp_path: Path, broker: MosquittoBroker) -> Iterator[StartHub]:
     def start(*args: str, env: dict[str, str] | None = None) -> HubProcess:
         hub = HubProcess(
             tmp_path,
-            ["--http-port", "0", "--grpc-port", "0", "--mqtt-port", str(broker.port), *args],
+            [
+                "--http-port",
+                "0",
+                "--grpc-port",
+                "0",
+                "--offload-port",
+                "0",
+                "--mqtt-port",
+                str(broker.port),
+                *args,
+            ],
             env or _env(tmp_path),
         )
         started.append(hub)

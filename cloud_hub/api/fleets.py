@@ -1,4 +1,4 @@
-"""``/fleets``: list, create and show fleets."""
+"""``/fleets``: list, create, show and change fleets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, status
 
 from .auth import RegistryDep
 from .errors import responses
-from .schemas import NAME_PATTERN, FleetCreate, FleetOut
+from .schemas import NAME_PATTERN, FleetCreate, FleetOut, FleetUpdate
 
 router = APIRouter(prefix="/fleets", tags=["fleets"])
 
@@ -36,3 +36,16 @@ def create_fleet(registry: RegistryDep, body: FleetCreate) -> FleetOut:
 )
 def get_fleet(registry: RegistryDep, name: FleetName) -> FleetOut:
     return FleetOut.model_validate(registry.fleet(name))
+
+
+@router.patch(
+    "/{name}",
+    response_model=FleetOut,
+    summary="Change a fleet",
+    description="Set what is given; omitted fields stay as they are. Turning `keep_inputs` "
+    "off stops the hub keeping offloaded inputs of this fleet (it keeps the answers only) "
+    "from the recorder's next batch; inputs already kept stay until evicted.",
+    responses=responses(404, 422),
+)
+def update_fleet(registry: RegistryDep, name: FleetName, body: FleetUpdate) -> FleetOut:
+    return FleetOut.model_validate(registry.update_fleet(name, keep_inputs=body.keep_inputs))

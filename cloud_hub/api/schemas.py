@@ -73,6 +73,13 @@ class FleetCreate(_Body):
     )
 
 
+class FleetUpdate(_Body):
+    keep_inputs: bool | None = Field(
+        default=None,
+        description="keep the inputs devices offload, for retraining (omitted: unchanged)",
+    )
+
+
 class FleetOut(_View):
     name: str
     keep_inputs: bool
@@ -216,3 +223,31 @@ class EnrollmentTokenOut(_View):
 
 class IssuedEnrollmentToken(EnrollmentTokenOut):
     token: str = Field(description="shown only now: the hub keeps its hash")
+
+
+# -- hard examples ------------------------------------------------------------------------
+
+
+class HardExampleOut(_View):
+    id: int = Field(description="arrival order; pass the smallest as `before` for the next page")
+    fleet: str
+    device_id: str
+    model: str
+    model_version: str
+    received_at: datetime = Field(description="when the hub received the request")
+    has_inputs: bool = Field(description="false where the fleet keeps no inputs")
+    input_bytes: int = Field(description="size of the stored inputs (.npz)")
+    cloud_label: int | None = Field(description="argmax of the cloud model's output")
+    cloud_score: float | None = Field(description="max of the cloud model's output")
+    edge_label: int | None = Field(description="what the device answered itself")
+    edge_score: float | None
+    edge_version: str | None = Field(description="the device's model version")
+    agreed: bool | None = Field(description="cloud_label == edge_label; null if one is missing")
+
+
+class HardExamplePage(BaseModel):
+    items: list[HardExampleOut] = Field(description="newest first")
+    total: int = Field(description="examples matching fleet and model, on every page")
+    next_before: int | None = Field(
+        description="`before` for the next (older) page; null on the last page"
+    )

@@ -11,12 +11,34 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import broker, db, devices, fleets, models, ota, rollouts, telemetry, tokens
+from . import (
+    broker,
+    db,
+    devices,
+    fleets,
+    hard_examples,
+    models,
+    ota,
+    rollouts,
+    telemetry,
+    tokens,
+)
 from ._common import add_hub_options, open_registry, settings_from
 
 __all__ = ["add_commands", "add_hub_options", "open_registry", "settings_from"]
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    for module in (db, fleets, tokens, devices, models, ota, rollouts, telemetry, broker):
+    for module in (
+        db,
+        fleets,
+        tokens,
+        devices,
+        models,
+        ota,
+        rollouts,
+        telemetry,
+        hard_examples,
+        broker,
+    ):
         module.add_parser(commands, common)

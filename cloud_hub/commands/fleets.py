@@ -1,4 +1,4 @@
-"""``cloud-hub fleet``: create and list fleets."""
+"""``cloud-hub fleet``: create, list and change fleets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ._common import add_json_flag, open_registry, print_json, print_table, show
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    fleet = commands.add_parser("fleet", parents=[common], help="create and list fleets")
+    fleet = commands.add_parser("fleet", parents=[common], help="create, list and change fleets")
     sub = fleet.add_subparsers(title="fleet commands", metavar="COMMAND")
     create = sub.add_parser(
         "create",
@@ -27,6 +27,31 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     add_json_flag(create)
     create.set_defaults(handler=_create)
+    change = sub.add_parser(
+        "set",
+        parents=[common],
+        help="change a fleet's settings",
+        description="Change a fleet's settings. --no-keep-inputs stops the hub keeping the "
+        "inputs this fleet's devices offload (it keeps the answers only), from a running "
+        "hub's next write on; inputs already kept stay until evicted.",
+    )
+    change.add_argument("name", metavar="NAME")
+    keep = change.add_mutually_exclusive_group(required=True)
+    keep.add_argument(
+        "--keep-inputs",
+        dest="keep_inputs",
+        action="store_true",
+        default=None,
+        help="keep offloaded inputs for retraining",
+    )
+    keep.add_argument(
+        "--no-keep-inputs",
+        dest="keep_inputs",
+        action="store_false",
+        help="keep no offloaded inputs, only the answers",
+    )
+    add_json_flag(change)
+    change.set_defaults(handler=_set)
     listing = sub.add_parser("list", parents=[common], help="list fleets")
     add_json_flag(listing)
     listing.set_defaults(handler=_list)
@@ -40,6 +65,16 @@ def _create(args: argparse.Namespace) -> int:
         print_json(fleet.to_dict())
     else:
         print(f"created fleet {fleet.name}")
+    return 0
+
+
+def _set(args: argparse.Namespace) -> int:
+    with open_registry(args) as registry:
+        fleet = registry.update_fleet(args.name, keep_inputs=args.keep_inputs)
+    if args.json:
+        print_json(fleet.to_dict())
+    else:
+        print(f"fleet {fleet.name}: keep inputs {'yes' if fleet.keep_inputs else 'no'}")
     return 0
 
 

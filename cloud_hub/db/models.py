@@ -22,6 +22,7 @@ Tables::
     rollouts            a model version going out to a fleet in steps (cloud_hub.rollouts)
     rollout_waves       one step of a rollout (canary, wave 1, ...): its devices and times
     device_assignments  what one device should run in one rollout, and how far it got
+    hard_examples       offloaded inputs with the cloud's and the edge's answers, per fleet
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -302,3 +304,34 @@ class DeviceAssignment(Base):
     notify: Mapped[bool] = mapped_column(default=False)  # "check in now" not yet sent
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class HardExample(Base):
+    """One offloaded input with both answers (cloud_hub.hard_examples).
+
+    ``id`` orders rows by arrival: listing pages and eviction (oldest first) go by it.
+    ``inputs`` is an .npz of the input tensors (one sample each), NULL when the fleet keeps
+    no inputs; ``input_bytes`` is its length (0 then), what the per-fleet byte bound counts.
+    """
+
+    __tablename__ = "hard_examples"
+    __table_args__ = (
+        Index(None, "fleet_id", "id"),
+        Index(None, "fleet_id", "model", "id"),
+        Index(None, "model", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id"))
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime]
+    inputs: Mapped[bytes | None] = mapped_column(LargeBinary)
+    input_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    cloud_label: Mapped[int | None]
+    cloud_score: Mapped[float | None] = mapped_column(Float)
+    edge_label: Mapped[int | None]
+    edge_score: Mapped[float | None] = mapped_column(Float)
+    edge_version: Mapped[str | None] = mapped_column(String(64))
+    agreed: Mapped[bool | None]

@@ -62,7 +62,7 @@ def start_hub(children: Children, data_dir: Path, broker: Broker) -> RunningHub:
     """``cloud-hub serve`` on free ports, once it says where it listens."""
     argv = hub_command(
         data_dir,
-        *("serve", "--http-port", "0", "--grpc-port", "0"),
+        *("serve", "--http-port", "0", "--grpc-port", "0", "--offload-port", "0"),
         *("--mqtt-host", broker.host, "--mqtt-port", str(broker.port)),
     )
     child = children.start("hub", argv)

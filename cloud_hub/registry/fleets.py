@@ -52,6 +52,15 @@ def get_fleet(session: Session, name: str) -> Fleet:
     return _view(row, count or 0)
 
 
+def update_fleet(session: Session, name: str, *, keep_inputs: bool | None = None) -> Fleet:
+    """Change what is given (None: unchanged); the fleet as it is afterwards."""
+    row = fleet_row(session, name)
+    if keep_inputs is not None:
+        row.keep_inputs = keep_inputs
+        session.flush()
+    return get_fleet(session, name)
+
+
 def list_fleets(session: Session) -> list[Fleet]:
     counts = (
         select(orm.Device.fleet_id, func.count().label("n"))

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..db import Database, ensure_schema, utcnow
 from ..errors import HubError, NotFound
+from ..hard_examples import queries as hard_examples
 from ..settings import HubSettings
 from . import artifacts, devices, enrollment, fleets, models, operators, telemetry, tokens
 from .artifacts import ArtifactStore
@@ -79,6 +80,12 @@ class Registry:
     def fleet(self, name: str) -> fleets.Fleet:
         with self.db.transaction() as session:
             return fleets.get_fleet(session, name)
+
+    def update_fleet(self, name: str, *, keep_inputs: bool | None = None) -> fleets.Fleet:
+        """Change a fleet's settings (None: unchanged). The hub's hard-example recorder
+        applies a new ``keep_inputs`` from its next batch on; kept inputs stay."""
+        with self.db.transaction() as session:
+            return fleets.update_fleet(session, name, keep_inputs=keep_inputs)
 
     def list_fleets(self) -> list[fleets.Fleet]:
         with self.db.transaction() as session:
@@ -270,3 +277,37 @@ class Registry:
     def device_events(self, device_id: str, *, limit: int = 50) -> list[telemetry.DeviceEvent]:
         with self.db.transaction() as session:
             return telemetry.events(session, device_id, limit=limit)
+
+    # -- hard examples (cloud_hub.hard_examples) ------------------------------------------
+
+    def list_hard_examples(
+        self,
+        *,
+        fleet: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[hard_examples.HardExample]:
+        """The newest ``limit`` hard examples (ids below ``before_id``), newest first."""
+        with self.db.transaction() as session:
+            return hard_examples.list_hard_examples(
+                session, fleet=fleet, model=model, limit=limit, before=before_id
+            )
+
+    def count_hard_examples(self, *, fleet: str | None = None, model: str | None = None) -> int:
+        with self.db.transaction() as session:
+            return hard_examples.count_hard_examples(session, fleet=fleet, model=model)
+
+    def export_hard_examples(
+        self,
+        *,
+        fleet: str | None = None,
+        model: str | None = None,
+        limit: int = 10_000,
+        before_id: int | None = None,
+    ) -> hard_examples.Export:
+        """The newest ``limit`` examples with inputs as an .npz, for retraining."""
+        with self.db.transaction() as session:
+            return hard_examples.export_npz(
+                session, fleet=fleet, model=model, limit=limit, before=before_id
+            )

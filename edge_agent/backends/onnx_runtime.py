@@ -23,7 +23,8 @@ from .ort_optimized import optimized_model
 
 _LOG = logging.getLogger(__name__)
 
-_ORT_TYPES: dict[str, np.dtype] = {
+#: ONNX Runtime's type names -> numpy dtypes (the hub's offload runtime uses it too).
+ORT_TYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
     "tensor(double)": np.dtype(np.float64),
@@ -130,7 +131,7 @@ class OnnxRuntimeBackend(Backend):
 
 
 def _spec(arg: Any) -> TensorSpec:
-    dtype = _ORT_TYPES.get(arg.type)
+    dtype = ORT_TYPES.get(arg.type)
     if dtype is None:
         raise BackendUnavailable(
             f"onnxruntime: tensor {arg.name!r} has unsupported type {arg.type}"

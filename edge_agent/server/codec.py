@@ -315,8 +315,10 @@ def encode_response(
     model_name: str,
     model_version: str,
     request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> EncodedResponse:
-    """The response body for ``outputs``, each as JSON or bytes as ``plan`` says."""
+    """The response body for ``outputs``, each as JSON or bytes as ``plan`` says;
+    ``parameters`` become the response-level ``parameters`` object."""
     tensors: list[bytes] = []
     binaries: list[Buffer] = []
     for name, binary in plan:
@@ -333,6 +335,8 @@ def encode_response(
     parts = [_response_prefix(model_name, model_version)]
     if request_id is not None:
         parts += (b'"id":', encode_json(request_id), b",")
+    if parameters:
+        parts += (b'"parameters":', encode_json(parameters), b",")
     parts += (b'"outputs":[', b",".join(tensors), b"]}")
     header = b"".join(parts)
     if not binaries:

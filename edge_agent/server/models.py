@@ -29,7 +29,14 @@ from ..tensors import TensorSpec
 from .codec import BINARY_EXTENSION, datatype_of
 from .errors import ModelNotFound, ModelNotReady
 
-__all__ = ["InferenceEngine", "ModelMetadata", "ModelService", "Recorder", "ServerMetadata"]
+__all__ = [
+    "Cascade",
+    "InferenceEngine",
+    "ModelMetadata",
+    "ModelService",
+    "Recorder",
+    "ServerMetadata",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -103,10 +110,24 @@ class ModelMetadata:
         }
 
 
+class Cascade(Protocol):
+    """Who answers after the local model did (:class:`edge_agent.offload.cascade.Cascade`)."""
+
+    def answer(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        probabilities_output: str,
+        probabilities: np.ndarray | None,
+        edge_version: str,
+    ) -> tuple[dict[str, np.ndarray], str]: ...
+
+
 class InferenceResult(NamedTuple):
     outputs: dict[str, np.ndarray]
     model_version: str
     output_names: tuple[str, ...]
+    answered_by: str = "edge"  # "cloud" when the cascade's hub answered (some rows)
 
 
 @dataclass(eq=False)
@@ -129,6 +150,9 @@ class ModelService:
 
     Pass an engine that is loaded and warmed (:meth:`Engine.load` warms it up).
     ``recorder`` gets one ``record`` call per inference that reached the engine.
+    ``cascade``, when set, sees every answer of a classifier after the engine released it
+    and may replace it with the hub's (no slot is held during the remote call, so an OTA
+    swap never waits on the hub).
     """
 
     def __init__(
@@ -138,11 +162,13 @@ class ModelService:
         version: str = "1",
         *,
         recorder: Recorder | None = None,
+        cascade: Cascade | None = None,
     ) -> None:
         if not name or "/" in name:
             raise ValueError(f"model name must be non-empty and without '/', got {name!r}")
         self.name = name
         self.recorder = recorder
+        self.cascade = cascade
         self.server_metadata = ServerMetadata(SERVER_NAME, __version__, (BINARY_EXTENSION,))
         self._version = version
         self._counts = threading.Lock()  # guards every slot's ``users``
@@ -214,7 +240,8 @@ class ModelService:
         feeds: Mapping[str, np.ndarray],
         outputs: Iterable[str] = (),
     ) -> InferenceResult:
-        """Run the model on decoded ``feeds``; record the outcome to telemetry.
+        """Run the model on decoded ``feeds``; record the outcome to telemetry; then let
+        the cascade (if any) have the hub answer what the model was unsure of.
 
         ``outputs`` names the outputs the caller will ask for: an unknown one is an
         :class:`InputError` before the model runs.
@@ -229,12 +256,25 @@ class ModelService:
             try:
                 results = slot.engine.run(feeds) if slot.lock is None else _run_locked(slot, feeds)
             except EdgeAgentError:
-                self._record(slot, time.perf_counter() - start, False, None, feeds)
+                self._record(time.perf_counter() - start, False, None, feeds)
                 raise
         finally:
             with counts:
                 slot.users -= 1
-        self._record(slot, time.perf_counter() - start, True, results, feeds)
+        latency = time.perf_counter() - start
+        cascade = self.cascade
+        wanted = self.recorder is not None or cascade is not None
+        probabilities = _probabilities(slot, results) if wanted else None
+        self._record(latency, True, probabilities, feeds)
+        if cascade is not None and slot.probabilities is not None:
+            try:
+                results, answered_by = cascade.answer(
+                    feeds, results, slot.probabilities, probabilities, slot.version
+                )
+            except Exception:  # the local answer stands whatever the cascade does
+                _LOG.exception("offload cascade failed; answering locally")
+                answered_by = "edge"
+            return InferenceResult(results, slot.version, slot.output_names, answered_by)
         return InferenceResult(results, slot.version, slot.output_names)
 
     # -- helpers -------------------------------------------------------------------------
@@ -254,16 +294,14 @@ class ModelService:
 
     def _record(
         self,
-        slot: _Slot,
         latency: float,
         ok: bool,
-        outputs: dict[str, np.ndarray] | None,
+        probabilities: np.ndarray | None,
         feeds: Mapping[str, np.ndarray],
     ) -> None:
         recorder = self.recorder
         if recorder is None:
             return
-        probabilities = _probabilities(slot, outputs) if outputs is not None else None
         try:
             recorder.record(latency, ok, probabilities=probabilities, inputs=feeds)
         except Exception:  # telemetry must not fail an answered request

@@ -11,6 +11,9 @@ Routes::
     GET  /v2/models/{name}[/versions/{v}]            model metadata
     GET  /v2/models/{name}[/versions/{v}]/ready      200, or 503 while not ready
     POST /v2/models/{name}[/versions/{v}]/infer      inference (JSON and binary tensors)
+
+An inference response carries the response-level parameter ``edgeloop_answered_by``:
+``"edge"`` when the local model answered, ``"cloud"`` when the offload cascade's hub did.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ class Routes:
             model_name=name,
             model_version=result.model_version,
             request_id=decoded.id,
+            parameters=_ANSWERED_BY[result.answered_by],
         )
         return Response(200, encoded.chunks, encoded.header_length)
 
@@ -130,6 +134,9 @@ def error_response(status: int, message: str, *, allow: str | None = None) -> Re
     return Response(status, (encode_error(message),), allow=allow)
 
 
+#: Says who answered: "edge" (this device's model) or "cloud" (the offload cascade's hub).
+ANSWERED_BY = "edgeloop_answered_by"
+_ANSWERED_BY = {who: {ANSWERED_BY: who} for who in ("edge", "cloud")}
 _Handler = Callable[[Routes, Request, str, "str | None"], Response]
 _GET, _POST = "GET", "POST"
 _MAX_ROUTES = 256  # resolved (method, path) pairs kept

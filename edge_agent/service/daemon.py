@@ -7,8 +7,11 @@ The ping comes from this loop and not from a helper thread, so a hung main threa
 the pings and systemd restarts the service. The server and the publisher run their own
 threads, owned and stopped by their objects. SIGTERM and SIGINT only set the stop event;
 the main thread then stops the parts in reverse: ``STOPPING=1``, stop the update thread,
-drain in-flight requests and close the listener, stop telemetry (spool flushed, ``offline``
-published), close the engine the service runs.
+drain in-flight requests and close the listener, close the offload client, stop telemetry
+(spool flushed, ``offline`` published), close the engine the service runs.
+
+With ``[offload] url`` set, the model service gets the offload cascade (built in
+:mod:`.offload`; docs/cascade.md): hard inputs are answered by the hub, within a deadline.
 
 Model updates (docs/ota.md): at start :func:`~edge_agent.ota.slots.recover` finishes or
 undoes an install a crash interrupted; the model it names wins over ``[model] path``. On a
@@ -41,16 +44,18 @@ from ..identity import Identity, load_identity
 from ..probe import RuntimeInfo
 from ..profiles import DeviceProfile
 from .notify import Notifier, watchdog_interval
+from .offload import new_cascade
 from .resolve import Broker, resolve_broker, resolve_device, resolve_interval, resolve_model
 from .state import prepare_state_dir
+from .telemetry_parts import new_system_probe, open_spool, start_publisher
 
 if TYPE_CHECKING:  # imported when used: without MQTT the daemon never loads paho
+    from ..offload.cascade import Cascade
     from ..ota.slots import CurrentModel
     from ..server import LocalInferenceServer, ModelService
     from ..telemetry.aggregate import Recorder
     from ..telemetry.publisher import TelemetryPublisher
     from ..telemetry.spool import Spool
-    from ..telemetry.system import SystemProbe
     from .updater import TeeRecorder, Updater
 
 __all__ = ["Agent", "EngineLoader", "serve"]
@@ -89,6 +94,7 @@ class Agent:
         self.spool: Spool | None = None
         self.service: ModelService | None = None
         self.updater: Updater | None = None
+        self.cascade: Cascade | None = None
         self.http_url: str | None = None
         self._probation: Recorder | None = None
 
@@ -128,6 +134,10 @@ class Agent:
         updates = _updates_wanted(config, identity, state_dir)
         self._probation = _new_recorder() if updates else None
         self.service = _new_service(self.engine, name, version, self._tee())
+        self.cascade = new_cascade(
+            config.offload, local_model=name, identity=identity, recorder=self.recorder
+        )
+        self.service.cascade = self.cascade
         if updates:
             assert identity is not None
             baseline = _baseline(config, name, version, self.engine)
@@ -205,16 +215,16 @@ class Agent:
         assert self.recorder is not None  # made before the HTTP server, which feeds it
         interval = resolve_interval(self.config, profile)
         self._status(f"starting telemetry to {broker.host}:{broker.port} every {interval:g}s")
-        self.spool = _open_spool(state_dir, self.config)
+        self.spool = open_spool(state_dir, self.config)
         model_info = partial(self._model_info, name)
-        self.telemetry = _start_publisher(
+        self.telemetry = start_publisher(
             broker,
             device=device,
             fleet=fleet,
             boot_id=self.boot_id,
             spool=self.spool,
             recorder=self.recorder,
-            system=_new_system_probe(state_dir, profile),
+            system=new_system_probe(state_dir, profile),
             model_info=model_info,
             interval_s=interval,
             on_command=self.updater.on_command if self.updater is not None else None,
@@ -279,7 +289,7 @@ class Agent:
 
     def stop(self) -> bool:
         """Stop the parts in reverse order; False when one of them failed to stop."""
-        parts = (self.updater, self.server, self.telemetry, self.spool, self.engine)
+        parts = (self.updater, self.server, self.cascade, self.telemetry, self.spool, self.engine)
         if all(part is None for part in parts):
             return True  # nothing started (or stopped already)
         reason = f" ({self._stop_reason})" if self._stop_reason else ""
@@ -293,6 +303,9 @@ class Agent:
         if self.server is not None:
             ok &= _attempt("stop the HTTP server", self._stop_server)
             self.server = None
+        if self.cascade is not None:
+            ok &= _attempt("close the offload client", self.cascade.close)
+            self.cascade = None
         if self.telemetry is not None:
             ok &= _attempt("stop telemetry", partial(self.telemetry.stop, _TELEMETRY_STOP_S))
             self.telemetry = None
@@ -454,66 +467,3 @@ def _start_server(service: ModelService, config: AgentConfig) -> LocalInferenceS
     )
     server.start()
     return server
-
-
-def _open_spool(state_dir: Path, config: AgentConfig) -> Spool:
-    from ..telemetry.spool import Spool
-
-    return Spool.in_dir(
-        state_dir, max_bytes=config.spool.max_bytes, max_age_s=config.spool.max_age_s
-    )
-
-
-def _new_system_probe(state_dir: Path, profile: DeviceProfile) -> SystemProbe:
-    from ..telemetry.system import SystemProbe
-
-    return SystemProbe(state_dir, profile)
-
-
-def _start_publisher(
-    broker: Broker,
-    *,
-    device: str,
-    fleet: str,
-    boot_id: str,
-    spool: Spool,
-    recorder: Recorder,
-    system: SystemProbe,
-    model_info: Callable[[], dict[str, str]],
-    interval_s: float,
-    on_command: Callable[[bytes], None] | None,
-) -> TelemetryPublisher:
-    from ..telemetry.publisher import TelemetryPublisher
-    from ..telemetry.settings import MqttSettings
-
-    settings = MqttSettings(
-        host=broker.host,
-        port=broker.port,
-        username=broker.username,
-        password=broker.password,
-        tls=broker.tls,
-        ca_file=_text(broker.ca_file),
-        cert_file=_text(broker.cert_file),
-        key_file=_text(broker.key_file),
-        keepalive=broker.keepalive,
-        topic_prefix=broker.topic_prefix,
-        client_id=broker.client_id,
-    )
-    publisher = TelemetryPublisher(
-        settings,
-        device=device,
-        fleet=fleet,
-        boot_id=boot_id,
-        spool=spool,
-        recorder=recorder,
-        system=system,
-        model_info=model_info,
-        interval_s=interval_s,
-        on_command=on_command,
-    )
-    publisher.start()
-    return publisher
-
-
-def _text(path: Path | None) -> str | None:
-    return None if path is None else str(path)

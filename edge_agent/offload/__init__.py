@@ -1,0 +1,1 @@
+"""Offload: the agent's calibrated cascade (score, decide, ask the cloud, fall back)."""
