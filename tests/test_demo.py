@@ -136,6 +136,13 @@ def test_demo_runs_a_fleet_of_one(tmp_path: Path, reference_dir: Path) -> None:
     right = re.search(r"^  accuracy: +([0-9.]+) \((\d+)/200 held-out digits\)$", done.stdout, re.M)
     assert right and float(right.group(1)) > 0.9, report
     assert re.search(r"^  p95 latency \(telemetry\): +[0-9.]+ ms", done.stdout, re.M), report
+    # The cascade: some hard digits went to the hub, which kept every one of them.
+    cloud = re.search(
+        r"^  answered by the hub: +(\d+) of 200 \(confidence under ", done.stdout, re.M
+    )
+    assert cloud and 1 <= int(cloud.group(1)) <= 100, report
+    kept = re.search(r"^  hard examples on the hub: +(\d+)$", done.stdout, re.M)
+    assert kept and int(kept.group(1)) == int(cloud.group(1)), report
     assert "cloud-hub --data-dir" in done.stdout and "Authorization: Bearer eop_" in done.stdout
     for name in ("agent", "hub", "mosquitto"):
         assert f"  stopped {name}\n" in done.stdout, report

@@ -20,6 +20,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,8 +55,9 @@ def enroll(children: Children, hub_grpc: str, token: str, state_dir: Path) -> st
     return identity.device_id
 
 
-def write_config(folder: Path, model: Path) -> Path:
-    """agent.toml: the model, a free HTTP port, and the broker from the enrolled identity."""
+def write_config(folder: Path, model: Path, hub_grpc: str, cloud_model: str) -> Path:
+    """agent.toml: the model, a free HTTP port, the broker from the enrolled identity, and
+    offload of hard inputs to ``cloud_model`` on the hub (threshold: :func:`calibrate`)."""
     config = folder / "agent.toml"
     config.write_text(
         "# Written by the demo. Device, fleet and MQTT credentials come from the\n"
@@ -64,8 +66,26 @@ def write_config(folder: Path, model: Path) -> Path:
         "[http]\nenabled = true\nport = 0\n"
         "[mqtt]\nenabled = true\n"
         f"[telemetry]\ninterval_s = {TELEMETRY_INTERVAL_S}\n"
+        f"[offload]\nurl = {json.dumps(f'grpc://{hub_grpc}')}\nmodel = {json.dumps(cloud_model)}\n"
     )
     return config
+
+
+def calibrate(
+    children: Children, model: Path, validation: Path, target: float, config: Path
+) -> float:
+    """``edge-agent calibrate --target-offload TARGET --write CONFIG``; the threshold."""
+    out = children.run(
+        agent_command(
+            *("calibrate", str(model), "--data", str(validation)),
+            *("--target-offload", str(target), "--write", str(config), "--json"),
+        ),
+        "edge-agent calibrate",
+    )
+    try:
+        return float(json.loads(out)["chosen"]["threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DemoFailed(f"edge-agent calibrate printed no threshold: {out[:300]!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -126,9 +146,14 @@ class ReadySocket:
         self._sock.close()
 
 
-def classify(agent: RunningAgent, images: np.ndarray) -> list[int]:
+class Answer(NamedTuple):
+    label: int  # the most probable class
+    answered_by: str  # "edge" or "cloud", as the agent's response parameter says
+
+
+def classify(agent: RunningAgent, images: np.ndarray) -> list[Answer]:
     """One Open Inference Protocol request per image (JSON, one keep-alive connection);
-    the most probable class of each."""
+    the most probable class of each and who answered it."""
     where = urllib.parse.urlsplit(agent.url)
     connection = http.client.HTTPConnection(
         where.hostname or "127.0.0.1", where.port, timeout=REQUEST_TIMEOUT_S
@@ -142,7 +167,7 @@ def classify(agent: RunningAgent, images: np.ndarray) -> list[int]:
         connection.close()
 
 
-def _classify_one(connection: http.client.HTTPConnection, path: str, image: np.ndarray) -> int:
+def _classify_one(connection: http.client.HTTPConnection, path: str, image: np.ndarray) -> Answer:
     batch = image[np.newaxis].astype(np.float32)
     body = {
         "inputs": [
@@ -162,5 +187,6 @@ def _classify_one(connection: http.client.HTTPConnection, path: str, image: np.n
     if answer.status != 200:
         detail = payload.decode(errors="replace")[:500]
         raise DemoFailed(f"POST {path}: HTTP {answer.status} {detail}")
-    output = json.loads(payload)["outputs"][0]
-    return int(np.argmax(output["data"]))
+    answer = json.loads(payload)
+    by = str(answer.get("parameters", {}).get("edgeloop_answered_by", "edge"))
+    return Answer(int(np.argmax(answer["outputs"][0]["data"])), by)

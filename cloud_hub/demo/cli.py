@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scripts/demo",
         description="Step 1: build the reference models and run one inference on each "
         "backend here. Step 2, a fleet of one: start a hub and an MQTT broker, enroll one "
-        "edge agent, send it held-out digits, and watch its telemetry reach the hub.",
+        "edge agent whose unsure answers go to the hub (threshold from edge-agent "
+        "calibrate), send it held-out digits, and watch its telemetry and offloaded "
+        "inputs reach the hub.",
     )
     parser.add_argument(
         "--workdir",

@@ -5,11 +5,15 @@ In order, every part a real process, as an operator would run them:
 1. an MQTT broker (:mod:`.broker`);
 2. ``cloud-hub serve`` with a fresh data directory, on free ports (:mod:`.hub`);
 3. ``cloud-hub fleet create``, ``operator-token create`` and ``enroll-token create``;
-4. ``edge-agent enroll`` with that token, then ``edge-agent run`` on the int8 digits model
-   with a one-second telemetry interval (:mod:`.agent`);
-5. the first held-out digits to the agent's local inference API;
-6. the hub's REST API, polled until the device is online and its telemetry counts every
-   request; then a summary (:mod:`.report`).
+   and ``model register`` of the fp32 cloud digits model, which the hub serves for offload;
+4. ``edge-agent enroll`` with that token; ``edge-agent calibrate`` picks, on the validation
+   split, the threshold that offloads about a fifth of the inputs; then ``edge-agent run``
+   on the int8 digits model with a one-second telemetry interval and that cascade
+   (:mod:`.agent`);
+5. the first held-out digits to the agent's local inference API: the sure ones answered on
+   the device, the hard ones by the hub;
+6. the hub's REST API, polled until the device is online, its telemetry counts every
+   request and the hub keeps every offloaded input; then a summary (:mod:`.report`).
 
 Everything lives in ``<workdir>/demo`` (emptied first): ``hub/`` (data), ``agent/`` (state),
 ``agent.toml`` and a log per process. Leaving stops every process, newest first.
@@ -26,11 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .agent import RunningAgent, classify, enroll, start_agent, write_config
+from .agent import RunningAgent, calibrate, classify, enroll, start_agent, write_config
 from .broker import provide_broker
 from .errors import DemoFailed, DemoSkipped
 from .hub import HubApi, RunningHub, start_hub
-from .models import DEMO_MODELS, heldout_digits
+from .models import (
+    CLOUD_MODEL,
+    CLOUD_NAME,
+    DEMO_MODELS,
+    TARGET_OFFLOAD,
+    VALIDATION,
+    heldout_digits,
+)
 from .processes import Children
 from .report import FleetReport, accuracy, requests_seen, summary_lines, worst_p95_ms
 
@@ -92,21 +103,38 @@ def _run(children: Children, options: FleetOptions) -> FleetReport:
         children, "enroll-token", "create", "--fleet", FLEET, "--ttl", "10m", "--uses", "1"
     )
     say(f"created fleet {FLEET}, an operator token and a one-use enrollment token")
+    hub.cli(
+        children,
+        *("model", "register", CLOUD_NAME, "--version", "1.0.0", "--format", "onnx-fp32"),
+        *("--artifact", str(options.models / CLOUD_MODEL)),
+    )
+    say(f"registered {CLOUD_NAME} 1.0.0 (fp32): the hub answers offloaded inputs with it")
 
     state_dir = folder / "agent"
     device_id = enroll(children, hub.grpc, enroll_token, state_dir)
     say(f"enrolled device {device_id} (identity in {state_dir})")
-    config = write_config(folder, options.models / DEMO_MODELS["onnxruntime"])
+    edge_model = options.models / DEMO_MODELS["onnxruntime"]
+    config = write_config(folder, edge_model, hub.grpc, CLOUD_NAME)
+    threshold = calibrate(children, edge_model, options.models / VALIDATION, TARGET_OFFLOAD, config)
+    say(
+        f"calibrated: confidence under {threshold:.4g} goes to the hub "
+        f"(about {TARGET_OFFLOAD:.0%} of the validation digits)"
+    )
     agent = start_agent(children, config, state_dir)
     say(f"agent up: serving {agent.model} on {agent.url} (config {config})")
 
     images, labels = heldout_digits(options.models, DIGITS)
-    predicted = classify(agent, images)
-    right, fraction = accuracy(predicted, [int(y) for y in labels])
-    say(f"sent {len(images)} held-out digits to the agent: {right} right ({fraction:.1%})")
+    answers = classify(agent, images)
+    right, fraction = accuracy([a.label for a in answers], [int(y) for y in labels])
+    offloaded = sum(a.answered_by == "cloud" for a in answers)
+    say(
+        f"sent {len(images)} held-out digits to the agent: {right} right ({fraction:.1%}), "
+        f"{offloaded} answered by the hub"
+    )
 
     api = HubApi(hub.api_url, token)
     device, records = _wait_for_telemetry(api, hub, agent, device_id, len(images))
+    kept = _wait_for_hard_examples(api, hub, offloaded)
     return FleetReport(
         rest=hub.http,
         grpc=hub.grpc,
@@ -120,6 +148,9 @@ def _run(children: Children, options: FleetOptions) -> FleetReport:
         p95_ms=worst_p95_ms(records),
         right=right,
         operator_token=token,
+        offloaded=offloaded,
+        threshold=threshold,
+        hard_examples=kept,
     )
 
 
@@ -150,6 +181,23 @@ def _wait_for_telemetry(
         if time.monotonic() >= next_progress:
             say(f"... device {status}, {seen}/{expected} requests seen ({elapsed:.0f} s)")
             next_progress += PROGRESS_EVERY_S
+        time.sleep(POLL_S)
+
+
+def _wait_for_hard_examples(api: HubApi, hub: RunningHub, expected: int) -> int:
+    """Poll until the hub keeps ``expected`` hard examples (it writes them in batches)."""
+    started = time.monotonic()
+    while True:
+        if not hub.child.alive():
+            raise hub.child.failure("the hub stopped while the demo waited for hard examples")
+        kept = api.hard_examples(FLEET)
+        if kept >= expected:
+            return kept
+        if time.monotonic() - started > TELEMETRY_TIMEOUT_S:
+            raise DemoFailed(
+                f"after {TELEMETRY_TIMEOUT_S:.0f} s the hub keeps {kept} of the {expected} "
+                f"inputs the agent offloaded (log: {hub.child.log_path})"
+            )
         time.sleep(POLL_S)
 
 

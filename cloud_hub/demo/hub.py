@@ -99,6 +99,10 @@ class HubApi:
         )
         return found
 
+    def hard_examples(self, fleet: str) -> int:
+        """How many offloaded inputs the hub keeps for ``fleet``."""
+        return int(self.get(f"/hard-examples?fleet={fleet}&limit=1")["total"])
+
     def telemetry(self, device_id: str) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = self.get(f"/devices/{device_id}/telemetry?limit=1000")
         return records

@@ -20,6 +20,12 @@ DEMO_MODELS = {
     "tensorrt": "digits-edge/digits-edge-fp32.onnx",
 }
 HELDOUT = "data/digits-heldout.npz"
+# Step 2's cloud model (registered on the hub, answers what the agent offloads) and the
+# labelled split `edge-agent calibrate` picks the agent's threshold on.
+CLOUD_NAME = "digits-cloud"
+CLOUD_MODEL = "digits-cloud/digits-cloud-fp32.onnx"
+VALIDATION = "data/digits-validation.npz"
+TARGET_OFFLOAD = 0.2
 
 
 def prepare_reference(out: Path, *, rebuild: bool) -> None:

@@ -55,6 +55,9 @@ class FleetReport:
     p95_ms: float | None
     right: int
     operator_token: str
+    offloaded: int  # answered by the hub
+    threshold: float  # the cascade's, from edge-agent calibrate
+    hard_examples: int  # offloaded inputs the hub keeps
 
     @property
     def accuracy(self) -> float:
@@ -75,11 +78,16 @@ def summary_lines(report: FleetReport, *, hub_running: bool) -> list[str]:
         f"  p95 latency (telemetry):   {p95} (worst 1 s window)",
         f"  accuracy:                  {report.accuracy:.3f} ({report.right}/{report.sent}"
         " held-out digits)",
+        f"  answered by the hub:       {report.offloaded} of {report.sent} (confidence under "
+        f"{report.threshold:.4g})",
+        f"  hard examples on the hub:  {report.hard_examples}",
         "",
         "explore further:",
         f"  cloud-hub --data-dir {shlex.quote(str(report.data_dir))} devices",
         f"  cloud-hub --data-dir {shlex.quote(str(report.data_dir))} device show "
         f"{report.device_id}",
+        f"  cloud-hub --data-dir {shlex.quote(str(report.data_dir))} hard-examples list "
+        f"--fleet {report.fleet}",
         f"  curl -H 'Authorization: Bearer {report.operator_token}' "
         f"http://{report.rest}/api/v1/devices",
     ]

@@ -116,11 +116,12 @@ def split(outputs: Mapping[str, np.ndarray], rows: Sequence[int]) -> list[dict[s
                 f"output {name!r} has shape {list(value.shape)}, not {total} rows, so it "
                 f"cannot be split between the batch's {len(rows)} requests"
             )
-    offsets = np.cumsum([0, *rows])
-    return [
-        {name: value[offsets[i] : offsets[i + 1]] for name, value in outputs.items()}
-        for i in range(len(rows))
-    ]
+    parts, start = [], 0
+    for count in rows:
+        end = start + count
+        parts.append({name: value[start:end] for name, value in outputs.items()})
+        start = end
+    return parts
 
 
 def retry_after_ms(queued_rows: int, max_batch: int, batch_s: float, delay_s: float) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 
 from edge_agent.errors import InputError
 from edge_agent.server.tensor_codec import (
+    CONTENTS_FIELDS,
     array_from_binary,
     array_to_binary,
     datatype_of,
@@ -42,20 +43,6 @@ __all__ = ["InferenceServicer", "add_inference_service"]
 
 T = TypeVar("T")
 _NO_DEADLINE_S = 1e8  # grpc reports "no deadline" as a huge time remaining
-# Typed ``contents`` field per datatype (FP16 and BYTES travel raw only here).
-_TYPED_FIELDS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -161,7 +148,7 @@ def _decode(tensor: Any, raw: bytes | None) -> np.ndarray:
     dtype = dtype_for(tensor.datatype, where)
     if raw is not None:
         return array_from_binary(raw, shape, dtype, where)
-    field = _TYPED_FIELDS.get(tensor.datatype)
+    field = CONTENTS_FIELDS.get(tensor.datatype)
     if dtype is None or field is None:
         raise InvalidRequest(f"{where}: send {tensor.datatype} tensors in raw_input_contents")
     values = getattr(tensor.contents, field)

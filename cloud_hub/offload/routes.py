@@ -24,6 +24,7 @@ from typing import NamedTuple
 from urllib.parse import unquote
 
 from edge_agent.errors import InputError
+from edge_agent.server._http11 import Reply as Response
 from edge_agent.server.codec import (
     Buffer,
     decode_request,
@@ -43,8 +44,6 @@ __all__ = ["Request", "Response", "Routes"]
 
 _LOG = logging.getLogger(__name__)
 
-JSON = "application/json"
-OCTETS = "application/octet-stream"
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 
@@ -55,14 +54,6 @@ class Request(NamedTuple):
     peer: str  # the client's address
     body: Buffer = b""  # the JSON part
     binary: Buffer | None = None  # the bytes after it
-
-
-class Response(NamedTuple):
-    status: int
-    chunks: tuple[Buffer, ...]
-    content_type: str = JSON
-    header_length: int | None = None  # the JSON part's length when binary follows
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 class _NoRoute(Exception):
@@ -150,9 +141,7 @@ class Routes:
             model_version=model.version,
             request_id=decoded.id,
         )
-        if encoded.header_length is None:
-            return Response(200, encoded.chunks)
-        return Response(200, encoded.chunks, OCTETS, encoded.header_length)
+        return Response.encoded(encoded)
 
 
 def _error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:

@@ -123,7 +123,7 @@ class OffloadServer:
         """Drain HTTP, then unload every model (gRPC calls drain with the gRPC server)."""
         self.service.stopping = True
         if self._started:
-            self.http.stop()
+            self.http.stop(drain_timeout=5.0)
         self.pool.close()
 
     @property

@@ -28,7 +28,13 @@ import grpc
 import numpy as np
 
 from ..errors import InputError, TransportError
-from ..server.tensor_codec import array_from_binary, array_to_binary, datatype_of, dtype_for
+from ..server.tensor_codec import (
+    CONTENTS_FIELDS,
+    array_from_binary,
+    array_to_binary,
+    datatype_of,
+    dtype_for,
+)
 from ..wire import inference_pb2, inference_pb2_grpc
 from .address import parse_target
 
@@ -42,21 +48,6 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 )
-# Typed contents field for each datatype (FP16, BF16 have none: they travel raw only).
-_CONTENTS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 ParameterValue = bool | int | float | str
 
@@ -194,7 +185,7 @@ def _from_contents(
     dtype: np.dtype | None,
     where: str,
 ) -> np.ndarray:
-    field = _CONTENTS.get(tensor.datatype)
+    field = CONTENTS_FIELDS.get(tensor.datatype)
     if field is None:
         raise InputError(f"{where}: {tensor.datatype} has no typed contents")
     values = list(getattr(tensor.contents, field))

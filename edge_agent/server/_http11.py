@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import NamedTuple
 
-from .codec import Buffer
+from .codec import Buffer, EncodedResponse
 
 #: The most a request line plus headers may take, and how many header lines.
 MAX_HEAD_BYTES = 64 * 1024
@@ -207,33 +207,42 @@ def send_continue(sock: socket.socket, head: RequestHead, timeout: float) -> Non
         send_all(sock, (_CONTINUE,), timeout)
 
 
-def send_response(
-    sock: socket.socket,
-    status: int,
-    chunks: Sequence[Buffer],
-    *,
-    timeout: float,
-    header_length: int | None = None,
-    close: bool = False,
-    allow: str | None = None,
-) -> None:
-    """Write a complete reply: status line, headers and the body chunks."""
-    size = sum(len(chunk) for chunk in chunks)
+JSON = "application/json"
+OCTETS = "application/octet-stream"
+
+
+class Reply(NamedTuple):
+    """A whole response: status, body buffers (written in order) and its headers."""
+
+    status: int
+    chunks: tuple[Buffer, ...]
+    content_type: str = JSON
+    header_length: int | None = None  # the JSON part's length when binary tensors follow
+    headers: tuple[tuple[str, str], ...] = ()  # more, e.g. ("Allow", "GET") with a 405
+
+    @classmethod
+    def encoded(cls, encoded: EncodedResponse) -> Reply:
+        """A 200 carrying an inference response (binary when it has binary outputs)."""
+        if encoded.header_length is None:
+            return cls(200, encoded.chunks)
+        return cls(200, encoded.chunks, OCTETS, encoded.header_length)
+
+
+def send_reply(sock: socket.socket, reply: Reply, *, timeout: float, close: bool = False) -> None:
+    """Write ``reply``: status line, headers and body in one gathered write."""
+    size = sum(len(chunk) for chunk in reply.chunks)
     lines = [
-        _status_line(status),
-        b"Content-Type: application/json\r\n"
-        if header_length is None
-        else b"Content-Type: application/octet-stream\r\n",
-        b"Content-Length: %d\r\n" % size,
+        _status_line(reply.status),
+        b"Content-Type: %s\r\nContent-Length: %d\r\n" % (reply.content_type.encode("ascii"), size),
     ]
-    if header_length is not None:
-        lines.append(b"Inference-Header-Content-Length: %d\r\n" % header_length)
-    if allow is not None:
-        lines.append(b"Allow: %s\r\n" % allow.encode("ascii"))
+    if reply.header_length is not None:
+        lines.append(b"Inference-Header-Content-Length: %d\r\n" % reply.header_length)
+    for name, value in reply.headers:
+        lines.append(b"%s: %s\r\n" % (name.encode("ascii"), value.encode("latin-1")))
     if close:
         lines.append(b"Connection: close\r\n")
     lines.append(b"\r\n")
-    send_all(sock, (b"".join(lines), *chunks), timeout)
+    send_all(sock, (b"".join(lines), *reply.chunks), timeout)
 
 
 _STATUS_LINES: dict[int, bytes] = {}

@@ -24,6 +24,7 @@ from typing import NamedTuple
 from urllib.parse import unquote
 
 from ..errors import EdgeAgentError
+from ._http11 import Reply as Response
 from .codec import Buffer, decode_request, encode_error, encode_json, encode_response, output_plan
 from .errors import ModelNotReady, status_for
 from .models import ModelMetadata, ModelService
@@ -36,13 +37,6 @@ class Request(NamedTuple):
     path: str  # without the query string
     body: Buffer = b""  # the JSON part
     binary: Buffer | None = None  # what followed it, when Inference-Header-Content-Length said
-
-
-class Response(NamedTuple):
-    status: int
-    chunks: tuple[Buffer, ...]
-    header_length: int | None = None  # the JSON part's length when binary tensors follow
-    allow: str | None = None  # the methods a path takes, for 405
 
 
 class NoRoute(Exception):
@@ -127,11 +121,12 @@ class Routes:
             request_id=decoded.id,
             parameters=_ANSWERED_BY[result.answered_by],
         )
-        return Response(200, encoded.chunks, encoded.header_length)
+        return Response.encoded(encoded)
 
 
 def error_response(status: int, message: str, *, allow: str | None = None) -> Response:
-    return Response(status, (encode_error(message),), allow=allow)
+    headers = () if allow is None else (("Allow", allow),)
+    return Response(status, (encode_error(message),), headers=headers)
 
 
 #: Says who answered: "edge" (this device's model) or "cloud" (the offload cascade's hub).

@@ -38,6 +38,22 @@ _NUMERIC: dict[str, np.dtype] = {
 _KIND_TO_DATATYPE = {(dt.kind, dt.itemsize): name for name, dt in _NUMERIC.items()}
 #: Every datatype handled here; BYTES tensors are numpy object arrays of ``bytes``.
 DATATYPES = (*_NUMERIC, "BYTES")
+#: The typed ``contents`` field of the gRPC protocol's tensors for each datatype (FP16
+#: and BF16 have none: they travel in the raw contents only).
+CONTENTS_FIELDS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 _LENGTH = struct.Struct("<I")
 _NATIVE_LITTLE = sys.byteorder == "little"
 _SMALL = 64 * 1024  # outputs up to this size are copied to bytes: cheaper than a view
