@@ -165,6 +165,24 @@ def test_a_batched_request_becomes_one_row_per_sample() -> None:
     assert all(r.edge == Answer() and r.agreed is None for r in rows)  # one answer, 3 samples
 
 
+def test_a_batched_request_with_edge_lists_keeps_an_edge_answer_per_sample() -> None:
+    x = np.zeros((3, 4), np.float32)
+    edge = {"labels": [5, 2, 7], "scores": [0.4, 0.3, 0.2], "version": "9"}
+    rows = samples(OffloadedInput("dev-1", "m", "1", {"x": x}, {"p": _probs(5, rows=3)}, edge, T0))
+    assert [r.edge for r in rows] == [Answer(5, 0.4), Answer(2, 0.3), Answer(7, 0.2)]
+    assert [r.agreed for r in rows] == [True, False, False]
+    assert {r.edge_version for r in rows} == {"9"}
+    # Lists of another length than the batch say nothing; missing scores leave labels.
+    wrong = {"labels": [5, 2], "version": "9"}
+    rows = samples(OffloadedInput("dev-1", "m", "1", {"x": x}, {"p": _probs(5, rows=3)}, wrong, T0))
+    assert all(r.edge == Answer() and r.edge_version is None for r in rows)
+    labels_only = {"labels": [5, 5, 5], "scores": [0.1]}
+    rows = samples(
+        OffloadedInput("dev-1", "m", "1", {"x": x}, {"p": _probs(5, rows=3)}, labels_only, T0)
+    )
+    assert [r.edge for r in rows] == [Answer(5, None)] * 3
+
+
 def test_inputs_round_trip_through_npz_without_pickles() -> None:
     inputs: dict[str, np.ndarray] = {
         "file": np.ones((1, 2), np.uint8),

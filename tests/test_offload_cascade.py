@@ -210,7 +210,13 @@ def test_a_batch_sends_only_its_hard_rows_and_merges_the_answers(
         got, who, _ = a.infer(batch)
     assert who == "cloud"
     (call,) = hub.calls
-    assert call.rows == 2 and "edgeloop_edge_label" not in call.parameters  # one label per call
+    assert call.rows == 2 and "edgeloop_edge_label" not in call.parameters
+    local = digits.edge.run(None, {"image": batch[2:4]})[0]
+    # One value per offloaded row, in order, as comma-separated strings (OIP has no lists).
+    assert call.parameters["edgeloop_edge_labels"] == ",".join(map(str, local.argmax(axis=1)))
+    scores = [float(s) for s in call.parameters["edgeloop_edge_scores"].split(",")]
+    np.testing.assert_allclose(scores, local.max(axis=1), rtol=1e-5)
+    assert call.parameters["edgeloop_edge_version"] == "7"
     expected = digits.edge.run(None, {"image": batch})[0]
     expected[2:4] = digits.cloud.run(None, {"image": batch[2:4]})[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -264,6 +264,11 @@ def test_device_requests_reach_the_hard_example_sink_with_the_edge_answer(stack:
     np.testing.assert_array_equal(first.inputs["image"], batch)
     np.testing.assert_allclose(first.outputs["probabilities"], direct(stack, batch), rtol=1e-5)
     assert second.edge_answer is None and second.inputs["image"].shape == (1, 8, 8, 1)
+    stack.sink.clear()
+    lists = {"edgeloop_edge_labels": "4,1,9", "edgeloop_edge_scores": "0.3, 0.2,0.1"}
+    http_infer(stack, batch, stack.as_device(), parameters=lists)
+    (third,) = stack.sink.examples
+    assert third.edge_answer == {"labels": [4, 1, 9], "scores": [0.3, 0.2, 0.1]}
 
 
 def test_a_bad_edge_parameter_is_invalid(stack: Stack) -> None:
@@ -272,6 +277,16 @@ def test_a_bad_edge_parameter_is_invalid(stack: Stack) -> None:
             stack, stack.heldout[:1], stack.as_device(), parameters={"edgeloop_edge_label": "four"}
         )
     assert caught.value.status() == "400" and "edgeloop_edge_label" in caught.value.message()
+    with pytest.raises(InferenceServerException) as caught:
+        http_infer(
+            stack,
+            stack.heldout[:2],
+            stack.as_device(),
+            parameters={"edgeloop_edge_labels": "4,x"},
+        )
+    message = caught.value.message()
+    assert caught.value.status() == "400" and "edgeloop_edge_labels" in message, message
+    assert "item 1 ('x')" in message, message
 
 
 def test_missing_or_wrong_credentials_are_refused(stack: Stack) -> None:

@@ -5,9 +5,10 @@ output, shape ``(n, classes)``) and every input have ``n`` rows; it becomes ``n`
 with its own slice of the inputs (kept with a leading dimension of 1, so rows stack back
 into a batch). Any other request becomes one row holding the inputs as they came.
 
-The edge's answer is one answer per request (request parameters, see
-:mod:`cloud_hub.offload.sink`), so it is kept only when the request holds one sample;
-a value of the wrong type is dropped, never trusted.
+The edge's answer comes in request parameters (see :mod:`cloud_hub.offload.sink`): one
+``label`` and ``score`` for a request of one sample, or ``labels`` and ``scores`` lists
+with a value per sample for a batch (a list of another length is ignored). A value of the
+wrong type is dropped, never trusted.
 """
 
 from __future__ import annotations
@@ -83,6 +84,23 @@ def edge_answer(given: Mapping[str, Any] | None) -> tuple[Answer, str | None]:
     )
 
 
+def edge_answers(given: Mapping[str, Any] | None, rows: int) -> list[Answer] | None:
+    """The edge's answer per row from the ``labels``/``scores`` lists; None without them.
+
+    Lists of another length than ``rows`` say nothing (None); a bad item is no answer.
+    """
+    labels: Any = (given or {}).get("labels")
+    if not isinstance(labels, list) or len(labels) != rows:
+        return None
+    scores: Any = (given or {}).get("scores")
+    if not isinstance(scores, list) or len(scores) != rows:
+        scores = [None] * rows
+    return [
+        edge_answer({"label": label, "score": score})[0]
+        for label, score in zip(labels, scores, strict=True)
+    ]
+
+
 def samples(example: OffloadedInput) -> list[Sample]:
     """The rows ``example`` becomes (see the module docstring)."""
     answers = cloud_answers(example.outputs)
@@ -91,8 +109,15 @@ def samples(example: OffloadedInput) -> list[Sample]:
     n = len(answers) if answers is not None else 0
     if n > 1 and inputs and all(a.ndim >= 1 and a.shape[0] == n for a in inputs.values()):
         assert answers is not None
+        edges = edge_answers(example.edge_answer, n)
+        version = edge_version if edges is not None else None
         return [
-            Sample({k: v[i : i + 1] for k, v in inputs.items()}, answer, Answer(), None)
+            Sample(
+                {k: v[i : i + 1] for k, v in inputs.items()},
+                answer,
+                edges[i] if edges is not None else Answer(),
+                version,
+            )
             for i, answer in enumerate(answers)
         ]
     cloud = answers[0] if answers is not None and n == 1 else Answer()

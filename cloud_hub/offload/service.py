@@ -38,7 +38,12 @@ _EDGE_TYPES: dict[str, tuple[type, ...]] = {
     "edgeloop_edge_label": (int,),
     "edgeloop_edge_score": (float, int),
     "edgeloop_edge_version": (str,),
+    "edgeloop_edge_labels": (str,),
+    "edgeloop_edge_scores": (str,),
 }
+#: The per-row lists: how each item is read, and how long the string may be.
+_EDGE_LISTS: dict[str, type[int] | type[float]] = {"labels": int, "scores": float}
+MAX_EDGE_LIST_CHARS = 64 * 1024
 
 
 class OffloadService:
@@ -186,8 +191,30 @@ def edge_answer(parameters: Mapping[str, Any]) -> dict[str, Any] | None:
                 f"parameter {parameter!r}: expected {' or '.join(k.__name__ for k in kinds)}, "
                 f"got {value!r}"
             )
-        found[key] = float(value) if isinstance(value, int | float) and key == "score" else value
+        checked: Any = value  # of one of ``kinds`` now
+        if key in _EDGE_LISTS:
+            found[key] = _edge_list(parameter, checked, _EDGE_LISTS[key])
+        elif key == "score":
+            found[key] = float(checked)
+        else:
+            found[key] = checked
     return found or None
+
+
+def _edge_list(parameter: str, text: str, kind: type[int] | type[float]) -> list[Any]:
+    """``"3,7,1"`` as ``[3, 7, 1]`` (or floats); InvalidRequest naming the bad item."""
+    if len(text) > MAX_EDGE_LIST_CHARS:
+        raise InvalidRequest(f"parameter {parameter!r} is over {MAX_EDGE_LIST_CHARS} characters")
+    values: list[Any] = []
+    for index, item in enumerate(text.split(",")):
+        try:
+            values.append(kind(item.strip()))
+        except ValueError:
+            raise InvalidRequest(
+                f"parameter {parameter!r}: item {index} ({item[:20]!r}) is not "
+                f"{'an integer' if kind is int else 'a number'}; send comma-separated values"
+            ) from None
+    return values
 
 
 def deadline_from(parameters: Mapping[str, Any], now: float) -> float | None:

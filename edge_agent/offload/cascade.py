@@ -13,9 +13,11 @@ Telemetry, per request with a hard row: ``record_offload("succeeded", latency, a
 (agreed: the hub's top-1 equals the local top-1 on every offloaded row), ``"failed"``, or
 ``"skipped"``; the breaker's state goes to ``set_breaker`` at each change.
 
-The local answer travels with the call as request parameters when exactly one row is
-offloaded (``send_edge_answer``): ``edgeloop_edge_label`` (int64), ``edgeloop_edge_score``
-(double, the policy's confidence) and ``edgeloop_edge_version`` (string) -- names the hub's
+The local answer travels with the call as request parameters (``send_edge_answer``):
+for one offloaded row ``edgeloop_edge_label`` (int64) and ``edgeloop_edge_score`` (double,
+the policy's confidence); for several, ``edgeloop_edge_labels`` and
+``edgeloop_edge_scores``, one comma-separated string each, a value per row in order (OIP
+parameters are scalars); and ``edgeloop_edge_version`` (string) -- names the hub's
 hard-example store reads; any other OIP v2 server ignores them.
 """
 
@@ -41,6 +43,8 @@ EDGE, CLOUD = "edge", "cloud"
 EDGE_LABEL = "edgeloop_edge_label"
 EDGE_SCORE = "edgeloop_edge_score"
 EDGE_VERSION = "edgeloop_edge_version"
+EDGE_LABELS = "edgeloop_edge_labels"
+EDGE_SCORES = "edgeloop_edge_scores"
 Outcome = Literal["succeeded", "failed", "skipped"]
 
 
@@ -128,14 +132,11 @@ class Cascade:
         if not self._may_offload(sum(int(a.nbytes) for a in sent.values())):
             self._record("skipped")
             return local
-        parameters: dict[str, ParameterValue] | None = None
-        if self.send_edge_answer and len(rows) == 1:
-            row = int(rows[0])
-            parameters = {
-                EDGE_LABEL: int(np.argmax(probabilities[row])),
-                EDGE_SCORE: float(confidence[row]),
-                EDGE_VERSION: edge_version,
-            }
+        parameters = (
+            edge_parameters(probabilities[rows], confidence[rows], edge_version)
+            if self.send_edge_answer
+            else None
+        )
         start = self._clock()
         try:
             remote = self.client.infer(
@@ -204,6 +205,24 @@ class Cascade:
             recorder.record_offload(outcome, latency_s=latency_s, agreed=agreed)
         except Exception:  # telemetry must not fail an answered request
             _LOG.exception("telemetry recorder failed; the request was answered")
+
+
+def edge_parameters(
+    probabilities: np.ndarray, confidence: np.ndarray, version: str
+) -> dict[str, ParameterValue]:
+    """The request parameters that tell the hub what the device answered for these rows."""
+    labels = np.argmax(probabilities, axis=-1)
+    if len(labels) == 1:
+        return {
+            EDGE_LABEL: int(labels[0]),
+            EDGE_SCORE: float(confidence[0]),
+            EDGE_VERSION: version,
+        }
+    return {
+        EDGE_LABELS: ",".join(str(int(label)) for label in labels),
+        EDGE_SCORES: ",".join(f"{float(score):.6g}" for score in confidence),
+        EDGE_VERSION: version,
+    }
 
 
 def _hard_rows(
