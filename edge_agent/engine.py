@@ -12,8 +12,9 @@ server and CLI use::
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +80,15 @@ class Engine:
         cache_dir: str | os.PathLike[str] | None = None,
         runtimes: Mapping[str, RuntimeInfo] | None = None,
         warmup: int = 1,
+        pause_s: float = 0.0,
     ) -> Engine:
         """Load ``model`` on the backend the device profile prefers and warm it up.
 
         ``profile`` is a profile, a bundled profile name or a path; None detects
-        the hardware. ``backend`` forces one backend by name.
+        the hardware. ``backend`` forces one backend by name. ``pause_s`` is a sleep
+        before the runtime loads the model and before each warm-up run: a load beside a
+        busy server (an update) then gives the cores back between its steps instead of
+        taking them in one go.
         """
         path = Path(model)
         fmt = detect_format(path)
@@ -100,12 +105,14 @@ class Engine:
             raise ModelFormatError(
                 f"{path}: no backend here can run {fmt} models: {selection.explain()}"
             )
-        options = _options(resolved, selection.choice, cache_dir)
+        options = replace(_options(resolved, selection.choice, cache_dir), pause_s=pause_s)
         instance = backend_class(selection.choice.name)(path, options)
         engine = cls(
             instance, profile=resolved, selection=selection, model_format=fmt, card=read_card(path)
         )
         for _ in range(warmup):
+            if pause_s > 0:
+                time.sleep(pause_s)
             engine.run(engine.example_inputs())
         return engine
 

@@ -11,6 +11,7 @@ device without TensorRT never imports it.
 from __future__ import annotations
 
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ class BackendOptions:
     cache_dir: Path | None = None
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     extra: Mapping[str, str] = field(default_factory=dict)
+    # A sleep just before the runtime loads the model (see ``Engine.load``'s ``pause_s``).
+    pause_s: float = 0.0
 
 
 class Backend(ABC):
@@ -63,6 +66,8 @@ class Backend(ABC):
             raise ModelLoadError(f"{self.path}: no such model file") from None
         if size == 0:
             raise ModelLoadError(f"{self.path}: model file is empty")
+        if self.options.pause_s > 0:
+            time.sleep(self.options.pause_s)
         try:
             self._inputs, self._outputs = self._load()
         except EdgeAgentError:

@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import onnxruntime as ort
@@ -43,15 +44,35 @@ FOLDER = "ort-optimized"
 OPTIMIZE_TIMEOUT_S = 300.0
 _LOWEST_PRIORITY = 19
 _CHUNK = 1 << 20
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+_DIGESTS_MAX = 64
 
 
 def cached_path(model: Path, cache_dir: Path) -> Path:
     """Where the optimized graph of ``model`` is kept (it may not exist yet)."""
+    return cache_dir / FOLDER / f"{_content_digest(model)[:32]}-ort{ort.__version__}-all.onnx"
+
+
+def _content_digest(model: Path) -> str:
+    """SHA-256 of the file, read once per (inode, size, mtime): a big model is hashed once,
+    not at every load (an update writes a new file, so it gets a new key)."""
+    stat = model.stat()
+    key = (str(model.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(key)
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     with model.open("rb") as source:
         while chunk := source.read(_CHUNK):
             digest.update(chunk)
-    return cache_dir / FOLDER / f"{digest.hexdigest()[:32]}-ort{ort.__version__}-all.onnx"
+    found = digest.hexdigest()
+    with _DIGESTS_LOCK:
+        if len(_DIGESTS) >= _DIGESTS_MAX:
+            _DIGESTS.pop(next(iter(_DIGESTS)))
+        _DIGESTS[key] = found
+    return found
 
 
 def optimized_model(model: Path, cache_dir: Path) -> Path | None:

@@ -166,7 +166,7 @@ class Agent:
         self, identity: Identity, state_dir: Path, profile: DeviceProfile, baseline: CurrentModel
     ) -> Updater:
         from ..ota.client import OtaClient
-        from ..ota.installer import Installer
+        from ..ota.installer import SWITCH_PAUSE_S, Installer
         from ..ota.trust import TrustedUpdater
         from .updater import Updater, reporter_for
 
@@ -176,12 +176,13 @@ class Agent:
         installer = Installer(
             state_dir,
             self.service,
-            partial(self._load_engine, profile, state_dir),
+            partial(self._load_engine, profile, state_dir, pause_s=SWITCH_PAUSE_S),
             client,
             trusted,
             reporter_for(client),
             profile.name,
             baseline=baseline,
+            step_pause_s=SWITCH_PAUSE_S,
         )
         return Updater(
             client=client,
@@ -240,7 +241,9 @@ class Agent:
         _LOG.info("device profile %s (%s)", profile.name, profile.source)
         return profile
 
-    def _load_engine(self, profile: DeviceProfile, state_dir: Path, path: Path) -> Engine:
+    def _load_engine(
+        self, profile: DeviceProfile, state_dir: Path, path: Path, *, pause_s: float = 0.0
+    ) -> Engine:
         model = self.config.model
         backend = None if model.backend == "auto" else model.backend
         return self._load(
@@ -249,6 +252,7 @@ class Agent:
             backend=backend,
             cache_dir=state_dir / "cache",
             runtimes=_probe_runtimes(detect_format(path), backend),
+            pause_s=pause_s,
         )
 
     def _model_info(self, name: str) -> dict[str, str]:
