@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 from ..errors import InvalidRequest
 from ..registry import Registry
 from ..settings import HubSettings
-from . import devices, enrollment, fleets, hard_examples, models, telemetry
+from . import devices, enrollment, fleets, hard_examples, models, rollouts, telemetry
 from .auth import RegistryDep, require_operator
 from .errors import install_error_handlers, responses
 from .schemas import API_PREFIX, Health
@@ -49,7 +49,7 @@ def create_app(registry: Registry, settings: HubSettings) -> FastAPI:
         dependencies=[Depends(require_operator), Depends(_known_query_only)],
         responses=responses(401, 403, 422, 503),
     )
-    for module in (fleets, devices, telemetry, models, enrollment, hard_examples):
+    for module in (fleets, devices, telemetry, models, enrollment, hard_examples, rollouts):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -251,3 +251,86 @@ class HardExamplePage(BaseModel):
     next_before: int | None = Field(
         description="`before` for the next (older) page; null on the last page"
     )
+
+
+# -- rollouts -----------------------------------------------------------------------------
+
+RolloutState = Literal["running", "paused", "halted", "aborted", "completed"]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+class RolloutCreate(_Body):
+    """What ``cloud-hub push`` takes, as a body; the same checks and defaults."""
+
+    model: Name
+    version: str = Field(min_length=1, max_length=64, pattern=VERSION_PATTERN)
+    fleet: Name
+    format: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        pattern=FORMAT_PATTERN,
+        description="needed only when the version is registered in several formats",
+    )
+    devices: list[Name] | None = Field(
+        default=None, max_length=100_000, description="only these devices of the fleet"
+    )
+    canary_pct: Percent = Field(default=10.0, description="0: no canary")
+    waves_pct: list[Percent] = Field(
+        default=[25.0, 50.0, 100.0],
+        min_length=1,
+        max_length=20,
+        description="cumulative shares of the devices, rising, ending at 100",
+    )
+    soak_s: int = Field(default=600, ge=0, le=30 * 24 * 3600, description="per step, seconds")
+    probation_s: int = Field(default=600, ge=0, le=30 * 24 * 3600, description="seconds")
+    gates: list[str] = Field(
+        default=[], max_length=20, description="e.g. 'p99_ms<=50', 'error_rate<=0.01'"
+    )
+    max_failures_pct: Percent = Field(default=0.0, description="failed installs tolerated")
+
+
+class RolloutAbort(_Body):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class RolloutWaveOut(_View):
+    index: int
+    name: str = Field(description="canary, wave 1, wave 2, ...")
+    device_ids: list[str]
+    started_at: datetime | None
+    passed_at: datetime | None
+    rolled_back_at: datetime | None
+
+
+class RolloutDeviceOut(_View):
+    device_id: str
+    wave_index: int
+    desired: str = Field(description="none (not yet), target, or previous (rolled back)")
+    phase: str = Field(description="the device's last reported install phase")
+    percent: int
+    reason: str | None
+    previous_model: str | None
+    previous_version: str | None
+    reported_version: str | None
+    installed_at: datetime | None
+    updated_at: datetime
+
+
+class RolloutOut(_View):
+    id: str
+    fleet: str
+    model: str
+    version: str
+    format: str
+    state: str
+    gates: list[str]
+    soak_seconds: int
+    probation_seconds: int
+    failure_tolerance: float
+    reason: str | None = Field(description="why it halted or was aborted")
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    waves: list[RolloutWaveOut]
+    devices: list[RolloutDeviceOut]

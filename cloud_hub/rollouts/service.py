@@ -1,4 +1,4 @@
-""":class:`Rollouts`: what the CLI (and REST, later) call; one transaction per call."""
+""":class:`Rollouts`: what the CLI and the REST API call; one transaction per call."""
 
 from __future__ import annotations
 
