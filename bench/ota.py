@@ -44,7 +44,6 @@ from pathlib import Path
 from statistics import median
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 
 from cloud_hub.grpc_server import HubGrpcServer
@@ -52,14 +51,13 @@ from cloud_hub.ota.service import DirectorySource, add_ota_service
 from cloud_hub.registry import Registry
 from cloud_hub.settings import load_settings
 from edge_agent.engine import Engine
-from edge_agent.enroll import generate_keypair
+from edge_agent.enroll import enroll
 from edge_agent.identity import Identity
 from edge_agent.ota.client import OtaClient
 from edge_agent.ota.installer import SWITCH_PAUSE_S
 from edge_agent.probe import probe_runtimes
 from edge_agent.profiles import load_profile
 from edge_agent.server import LocalInferenceServer, ModelService
-from edge_agent.wire import enrollment_pb2, enrollment_pb2_grpc
 
 from ._harness import PROFILE, Figure, Goal, figures_dict, log, print_table, reference_dir
 from ._local_api import binary_request
@@ -208,22 +206,11 @@ def _hub(data_dir: Path, repo: Path) -> Iterator[Identity]:
 
 
 def _enroll(server: HubGrpcServer, registry: Registry) -> Identity:
+    """A device enrolled as ``edge-agent enroll`` does it (its state in a throwaway folder)."""
     token = registry.create_enrollment_token(FLEET, ttl=timedelta(hours=1), uses=1).token
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        answer = enrollment_pb2_grpc.EnrollmentStub(channel).Enroll(
-            enrollment_pb2.EnrollRequest(
-                enrollment_token=token,
-                public_key_pem=generate_keypair().public_pem,
-                hostname="bench",
-            ),
-            timeout=30,
-        )
-    return Identity(
-        device_id=answer.device_id,
-        fleet=answer.fleet,
-        hub=f"127.0.0.1:{server.port}",
-        credential=answer.credential.secret,
-    )
+    with tempfile.TemporaryDirectory(prefix="bench-device-") as state_dir:
+        hub = f"127.0.0.1:{server.port}"
+        return enroll(hub, token, Path(state_dir), profile=PROFILE, hostname="bench").identity
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

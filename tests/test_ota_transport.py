@@ -9,6 +9,7 @@ more than it may.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -37,15 +38,16 @@ from cloud_hub.ota.service import (
 )
 from cloud_hub.registry import Device, Registry
 from cloud_hub.settings import HubSettings, load_settings
-from edge_agent.enroll import device_metadata, generate_keypair
+from edge_agent.enroll import device_metadata, enroll
 from edge_agent.errors import IntegrityError, TransportError
 from edge_agent.identity import Identity
 from edge_agent.ota import client as ota_client
 from edge_agent.ota.client import HubRefused, NotOnHub, OtaClient, Phase, Retry
-from edge_agent.wire import enrollment_pb2, enrollment_pb2_grpc, ota_pb2, ota_pb2_grpc
+from edge_agent.wire import ota_pb2, ota_pb2_grpc
 
 MiB = 1024 * 1024
 FLEET = "lab"
+PROFILE = "x86-64-cpu"  # named, so enrolling detects no hardware
 TARGET = "models/digits/1.1.0/digits.onnx"
 FAST_RETRY = Retry(attempts=4, initial_s=0.01, max_s=0.05)
 DEADLINE_S = 60.0
@@ -106,21 +108,9 @@ def running_hub(
 def enroll_device(server: HubGrpcServer, registry: Registry) -> Identity:
     """A device enrolled the way a real one is: a token, a key, the Enroll call."""
     token = registry.create_enrollment_token(FLEET, ttl=timedelta(hours=1), uses=1).token
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        answer = enrollment_pb2_grpc.EnrollmentStub(channel).Enroll(
-            enrollment_pb2.EnrollRequest(
-                enrollment_token=token,
-                public_key_pem=generate_keypair().public_pem,
-                hostname="pi-1",
-            ),
-            timeout=30,
-        )
-    return Identity(
-        device_id=answer.device_id,
-        fleet=answer.fleet,
-        hub=f"127.0.0.1:{server.port}",
-        credential=answer.credential.secret,
-    )
+    with tempfile.TemporaryDirectory(prefix="device-") as state_dir:
+        hub = f"127.0.0.1:{server.port}"
+        return enroll(hub, token, Path(state_dir), profile=PROFILE, hostname="pi-1").identity
 
 
 @contextmanager
