@@ -14,7 +14,6 @@ microseconds, as in Triton) both bound the time a request may wait in the queue.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -26,6 +25,7 @@ from edge_agent.errors import InputError
 from edge_agent.server.tensor_codec import (
     CONTENTS_FIELDS,
     array_from_binary,
+    array_from_json,
     array_to_binary,
     datatype_of,
     dtype_for,
@@ -151,19 +151,8 @@ def _decode(tensor: Any, raw: bytes | None) -> np.ndarray:
     field = CONTENTS_FIELDS.get(tensor.datatype)
     if dtype is None or field is None:
         raise InvalidRequest(f"{where}: send {tensor.datatype} tensors in raw_input_contents")
-    values = getattr(tensor.contents, field)
-    count = math.prod(shape)
-    if len(values) != count:
-        raise InvalidRequest(
-            f"{where}: shape {list(shape)} holds {count} elements but contents.{field} has "
-            f"{len(values)}"
-        )
-    array = np.asarray(values)
-    if dtype.kind in "iu" and array.size:
-        info = np.iinfo(dtype)
-        if int(array.min()) < info.min or int(array.max()) > info.max:
-            raise InvalidRequest(f"{where}: values do not fit {tensor.datatype}")
-    return array.astype(dtype, copy=False).reshape(shape)
+    values = list(getattr(tensor.contents, field))
+    return array_from_json(values, shape, dtype, where, source=f"contents.{field}")
 
 
 def _wanted_outputs(request: Any, model: LoadedModel) -> tuple[str, ...]:

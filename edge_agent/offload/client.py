@@ -31,6 +31,7 @@ from ..errors import InputError, TransportError
 from ..server.tensor_codec import (
     CONTENTS_FIELDS,
     array_from_binary,
+    array_from_json,
     array_to_binary,
     datatype_of,
     dtype_for,
@@ -189,14 +190,7 @@ def _from_contents(
     if field is None:
         raise InputError(f"{where}: {tensor.datatype} has no typed contents")
     values = list(getattr(tensor.contents, field))
-    count = int(np.prod(shape)) if shape else 1
-    if len(values) != count:
-        raise InputError(f"{where}: {len(values)} values for shape {list(shape)}")
-    if dtype is None:
-        array = np.empty(count, dtype=object)
-        array[:] = values
-        return array.reshape(shape)
-    return np.asarray(values, dtype=dtype).reshape(shape)
+    return array_from_json(values, shape, dtype, where, source=f"contents.{field}")
 
 
 def _set_parameter(slot: inference_pb2.InferParameter, value: ParameterValue) -> None:

@@ -87,9 +87,18 @@ def dtype_for(datatype: object, where: str) -> np.dtype | None:
 
 
 def array_from_json(
-    data: object, shape: Sequence[int], dtype: np.dtype | None, where: str
+    data: object,
+    shape: Sequence[int],
+    dtype: np.dtype | None,
+    where: str,
+    *,
+    source: str = "'data'",
 ) -> np.ndarray:
-    """A tensor from JSON ``data`` (flat or nested); ``dtype`` None means BYTES."""
+    """A tensor from JSON ``data`` (flat or nested); ``dtype`` None means BYTES.
+
+    Also the gRPC protocol's typed ``contents`` (a flat list, named by ``source`` in
+    errors): the same checks, integers that must fit and an element count to match.
+    """
     if not isinstance(data, list):
         data = [data]
     try:
@@ -101,11 +110,11 @@ def array_from_json(
             values = _exact(np.asarray(data).ravel(), dtype, where)
     except (ValueError, TypeError, OverflowError) as exc:
         kind = "BYTES" if dtype is None else _KIND_TO_DATATYPE[(dtype.kind, dtype.itemsize)]
-        raise InputError(f"{where}: 'data' is not a {kind} tensor ({exc})") from None
+        raise InputError(f"{where}: {source} is not a {kind} tensor ({exc})") from None
     count = math.prod(shape)
     if values.size != count:
         raise InputError(
-            f"{where}: shape {list(shape)} holds {count} elements but 'data' has {values.size}"
+            f"{where}: shape {list(shape)} holds {count} elements but {source} has {values.size}"
         )
     return values.reshape(shape)
 
